@@ -1,0 +1,1 @@
+"""Solver families: ``linear`` (Krylov), and later ``ot`` and ``bilevel``."""

@@ -1,0 +1,14 @@
+"""Linear solvers: Krylov methods (CG, restarted GMRES, BiCGStab) and dense LU.
+
+Every solver takes ``operator`` as a square matrix or a matrix-free function
+``x -> A x``, returns a :class:`jaxsolve.Solution`, runs under ``jit``/``vmap`` and is
+differentiable (forward and reverse mode, any order) with respect to the right-hand
+side and to the operator's arrays through ``jax.lax.custom_linear_solve``.
+"""
+
+from ._bicgstab import bicgstab as bicgstab
+from ._cg import cg as cg
+from ._dense import dense_solve as dense_solve
+from ._gmres import gmres as gmres
+from ._solve import LINEAR_METHODS as LINEAR_METHODS
+from ._solve import linear_solve as linear_solve

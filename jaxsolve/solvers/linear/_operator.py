@@ -1,0 +1,106 @@
+"""Operators for the linear solvers: a dense matrix or a matrix-free function.
+
+A linear operator ``A`` is given either as a square 2-D array (then ``b`` is a vector)
+or as a function ``matvec(x) -> A x`` mapping arrays of ``b``'s shape to arrays of the
+same shape (a stencil on a 2-D grid, say). Arrays closed over by ``matvec`` are the
+operator's parameters: they receive gradients through ``jax.lax.custom_linear_solve``.
+
+Internally every solver works on flat vectors; :func:`flat_operator` does the
+reshaping and the trace-time shape checks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ..._checks import as_float_array
+
+__all__ = ["FlatOperator", "flat_operator", "flat_preconditioner"]
+
+
+class FlatOperator:
+    """``A`` as a function on flat vectors, with ``b``'s shape and dtype recorded."""
+
+    def __init__(self, matvec: Callable, shape: tuple, dtype, matrix: Array | None):
+        self.matvec = matvec
+        self.shape = shape
+        self.dtype = dtype
+        self.size = math.prod(shape)
+        self.matrix = matrix
+
+    def unflatten(self, x: Array) -> Array:
+        return x.reshape(self.shape)
+
+
+def flat_operator(operator, b, *, name: str = "operator") -> tuple[FlatOperator, Array]:
+    """Check ``operator`` against ``b`` and return it in flat form with flat ``b``.
+
+    Raises ``ValueError`` at trace time for non-square matrices, shape mismatches,
+    or a ``matvec`` that changes the shape or dtype of its argument.
+    """
+    b = as_float_array(b, "b")
+    if callable(operator) and not hasattr(operator, "shape"):
+        try:
+            out = jax.eval_shape(operator, jax.ShapeDtypeStruct(b.shape, b.dtype))
+        except Exception as e:  # report which argument failed to trace
+            raise ValueError(
+                f"`{name}` could not be applied to an array of `b`'s shape "
+                f"{b.shape} and dtype {b.dtype}: {e}"
+            ) from e
+        if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != b.shape:
+            got = getattr(out, "shape", type(out).__name__)
+            raise ValueError(
+                f"`{name}` must map arrays of `b`'s shape {b.shape} to the same shape "
+                f"(a square operator), but it returned {got}"
+            )
+        dtype = jnp.result_type(b.dtype, out.dtype)
+        b = b.astype(dtype)
+        shape = b.shape
+
+        def matvec(x):
+            return jnp.reshape(operator(x.reshape(shape)), -1).astype(dtype)
+
+        return FlatOperator(matvec, shape, dtype, None), b.reshape(-1)
+
+    matrix = as_float_array(operator, name)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(
+            f"`{name}` must be a square matrix (n, n) or a function x -> A x, "
+            f"got an array of shape {matrix.shape}"
+        )
+    if b.ndim != 1 or b.shape[0] != matrix.shape[0]:
+        raise ValueError(
+            f"`b` must have shape ({matrix.shape[0]},) to match `{name}` of shape "
+            f"{matrix.shape}, got {b.shape}"
+        )
+    dtype = jnp.result_type(matrix.dtype, b.dtype)
+    matrix, b = matrix.astype(dtype), b.astype(dtype)
+    return FlatOperator(lambda x: matrix @ x, b.shape, dtype, matrix), b
+
+
+def flat_preconditioner(preconditioner, op: FlatOperator) -> Callable[[Array], Array]:
+    """``M ~ A^{-1}`` in flat form: identity for ``None``, a matrix, or a function."""
+    if preconditioner is None:
+        return lambda x: x
+    if callable(preconditioner) and not hasattr(preconditioner, "shape"):
+        out = jax.eval_shape(preconditioner, jax.ShapeDtypeStruct(op.shape, op.dtype))
+        if getattr(out, "shape", None) != op.shape:
+            raise ValueError(
+                f"`preconditioner` must map arrays of shape {op.shape} to the same "
+                f"shape, got {getattr(out, 'shape', type(out).__name__)}"
+            )
+        return lambda x: jnp.reshape(preconditioner(x.reshape(op.shape)), -1).astype(
+            op.dtype
+        )
+    m = as_float_array(preconditioner, "preconditioner")
+    if m.shape != (op.size, op.size):
+        raise ValueError(
+            f"`preconditioner` must have shape ({op.size}, {op.size}), got {m.shape}"
+        )
+    m = m.astype(op.dtype)
+    return lambda x: m @ x
