@@ -15,7 +15,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
-__all__ = ["RESULTS", "Solution", "finalize"]
+__all__ = ["RESULTS", "Solution", "error_if_failed", "finalize"]
 
 
 class RESULTS(eqx.Enumeration):
@@ -29,6 +29,10 @@ class RESULTS(eqx.Enumeration):
     breakdown = (
         "the iteration broke down (a division by zero or a loss of progress); "
         "the system may be singular or badly conditioned"
+    )
+    stagnation = (
+        "the residual stopped decreasing above the tolerance; the tolerance may be "
+        "below the accuracy attainable in this dtype (loosen `rtol`/`atol`)"
     )
     not_positive_definite = (
         "the operator is not symmetric positive definite (p^T A p <= 0 was met), "
@@ -80,17 +84,21 @@ class Solution(eqx.Module):
         return [messages[int(c)] or "success" for c in codes.reshape(-1)]
 
 
+def error_if_failed(token, result: RESULTS, solver_name: str):
+    """Return ``token``, raising a runtime error (under ``jit`` too) whose message
+    names the solver and the reason when ``result`` is not ``successful``."""
+    messages = [
+        f"{solver_name}: {m}" if m else f"{solver_name}: success"
+        for m in RESULTS._index_to_message
+    ]
+    failed = result != RESULTS.successful
+    return eqx.branched_error_if(token, failed, result._value, messages)
+
+
 def finalize(solution: Solution, throw: bool, solver_name: str) -> Solution:
     """Apply the ``throw`` policy: raise a runtime error naming the solver when the
     solve did not succeed (``throw=True``), else return the solution unchanged."""
     if not throw:
         return solution
-    messages = [
-        f"{solver_name}: {m}" if m else f"{solver_name}: success"
-        for m in RESULTS._index_to_message
-    ]
-    failed = solution.result != RESULTS.successful
-    value = eqx.branched_error_if(
-        solution.value, failed, solution.result._value, messages
-    )
+    value = error_if_failed(solution.value, solution.result, solver_name)
     return eqx.tree_at(lambda s: s.value, solution, value)

@@ -105,14 +105,18 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):
     f_x = lambda x_: f_c(x_, *args, *f_consts)  # noqa: E731
 
     def matvec(v):
-        return ravel_pytree(jax.jvp(f_x, (x,), (unravel(v.astype(x_flat.dtype)),))[1])[0]
+        return ravel_pytree(jax.jvp(f_x, (x,), (unravel(v.astype(x_flat.dtype)),))[1])[
+            0
+        ]
 
     method, options = linear
     if isinstance(method, str) and method != "dense" and "rtol" not in options:
         # Gradients should be as accurate as the dtype allows, not 1e-6.
         options = {**options, "rtol": float(jnp.finfo(x_flat.dtype).eps) ** 0.75}
+    # throw=True: a failed solve (forward, or transposed in reverse mode) raises
+    # a runtime error naming the method and the reason, never a wrong derivative.
     u = linear_solve(
-        matvec, -rhs.astype(x_flat.dtype), method=method, throw=False, **options
+        matvec, -rhs.astype(x_flat.dtype), method=method, throw=True, **options
     )
     return unravel(u.value)
 
@@ -184,7 +188,9 @@ def custom_root(
         @functools.wraps(solver)
         def wrapped(init, *args, **kwargs):
             args = _bind(signature, args, kwargs)
-            return _implicit_solution(solver, optimality_fn, has_aux, linear, init, args)
+            return _implicit_solution(
+                solver, optimality_fn, has_aux, linear, init, args
+            )
 
         return wrapped
 
@@ -203,13 +209,17 @@ def custom_fixed_point(
     r"""Decorator: differentiate a fixed-point solver implicitly.
 
     ``solver(init, *args)`` returns ``x*`` with ``x* = T(x*, *args)``; this is
-    :func:`custom_root` with ``F(x, *args) = T(x, *args) - x``, so ``dF/dx = dT/dx - I``
-    (non-symmetric in general: the default linear solver is GMRES).
+    :func:`custom_root` with ``F(x, *args) = x - T(x, *args)``, so
+    ``dF/dx = I - dT/dx``: non-symmetric in general (the default linear solver is
+    GMRES), and positive definite when ``T`` is a contraction with a symmetric
+    Jacobian (a gradient step, say), so that ``solve="cg"`` applies there.
     Same arguments and calling convention as JAXopt's ``custom_fixed_point``.
     """
 
     def optimality_fn(x, *args):
-        return jax.tree_util.tree_map(lambda t, x_: t - x_, fixed_point_fn(x, *args), x)
+        # x - T(x) rather than T(x) - x: the same root and derivative, but
+        # dF/dx = I - dT/dx is positive definite for symmetric contractions.
+        return jax.tree_util.tree_map(lambda x_, t: x_ - t, x, fixed_point_fn(x, *args))
 
     return custom_root(
         optimality_fn,

@@ -40,7 +40,7 @@ def _cg_loop(matvec, b, x0, precond, tol, max_steps, valid):
         old = (x, r, p, rz, code)
         return tuple(
             RESULTS.where(bad, o, n) if isinstance(n, RESULTS) else jnp.where(bad, o, n)
-            for o, n in zip(old, new)
+            for o, n in zip(old, new, strict=True)
         )
 
     (x, _, _, _, result), num_steps = iterate(step, keep_going, init, max_steps)

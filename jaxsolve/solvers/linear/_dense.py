@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._checks import all_finite
-from ..._solution import RESULTS, Solution, finalize
+from ..._solution import RESULTS, Solution, error_if_failed
 from ._krylov import norm
 from ._operator import flat_operator
 
@@ -52,15 +52,16 @@ def dense_solve(operator, b, *, throw: bool = True) -> Solution:
             ),
             RESULTS.nonfinite_input,
         )
+        if throw:  # inside the solve: derivative solves are checked too
+            x = error_if_failed(x, result, "dense_solve")
         return x, (result, residual)
 
     x, (result, residual) = lax.custom_linear_solve(
         op.matvec, b_flat, solve, solve, has_aux=True
     )
-    solution = Solution(
+    return Solution(
         value=op.unflatten(x),
         result=result,
         num_steps=jnp.asarray(1, jnp.int32),
         residual=residual,
     )
-    return finalize(solution, throw, "dense_solve")

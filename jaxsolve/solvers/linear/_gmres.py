@@ -58,8 +58,11 @@ def _arnoldi_cycle(matvec, precond, r, beta, tol, budget, restart):
 
         def rotate(i, col):
             a, b = col[i], col[i + 1]
-            return col.at[i].set(cs[i] * a + sn[i] * b).at[i + 1].set(
-                -sn[i] * a + cs[i] * b
+            return (
+                col.at[i]
+                .set(cs[i] * a + sn[i] * b)
+                .at[i + 1]
+                .set(-sn[i] * a + cs[i] * b)
             )
 
         col = lax.fori_loop(0, j, rotate, col)
@@ -104,7 +107,7 @@ def _make_gmres_loop(restart):
             result = RESULTS.where(
                 stalled & (beta_new > tol),
                 RESULTS.where(
-                    jnp.isfinite(beta_new), RESULTS.breakdown, RESULTS.nonfinite_value
+                    jnp.isfinite(beta_new), RESULTS.stagnation, RESULTS.nonfinite_value
                 ),
                 result,
             )
@@ -151,7 +154,7 @@ def gmres(
     Returns:
         :class:`jaxsolve.Solution`; ``.value = x``, ``.num_steps`` counts inner
         steps, ``.residual = ||b - A x||_2``. A cycle that does not reduce the
-        residual ends the solve with ``RESULTS.breakdown`` (stagnation).
+        residual ends the solve with ``RESULTS.stagnation``.
 
     Differentiable with respect to ``b`` and the operator's closed-over arrays
     through ``jax.lax.custom_linear_solve`` (the transposed system, for reverse

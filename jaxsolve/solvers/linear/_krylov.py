@@ -19,10 +19,13 @@ from jax import lax
 from jaxtyping import Array
 
 from ..._checks import all_finite, as_float_array, check_nonnegative, check_positive_int
-from ..._solution import RESULTS, Solution, finalize
+from ..._iterate import iterate
+from ..._solution import RESULTS, Solution, error_if_failed
 from ._operator import flat_operator, flat_preconditioner
 
 __all__ = ["krylov_solve", "start_result", "finish_result", "norm"]
+
+_MAX_RESTARTS = 3
 
 
 def norm(x: Array) -> Array:
@@ -48,7 +51,7 @@ def finish_result(
     unconverged = RESULTS.where(
         jnp.isfinite(residual),
         RESULTS.where(
-            num_steps >= max_steps, RESULTS.max_steps_reached, RESULTS.breakdown
+            num_steps >= max_steps, RESULTS.max_steps_reached, RESULTS.stagnation
         ),
         RESULTS.nonfinite_value,
     )
@@ -97,9 +100,31 @@ def krylov_solve(
 
     def run(matvec, rhs, guess, m):
         tol = jnp.maximum(rtol * norm(rhs), atol)
-        x, result, num_steps = loop(matvec, rhs, guess, m, tol, max_steps, valid_inputs)
-        residual = norm(rhs - matvec(x))
+
+        # A loop stops when its *recursively updated* residual meets the
+        # tolerance; rounding can leave the true residual b - A x above it. Then
+        # the loop is restarted from x with the true residual (a few times at
+        # most; if that does not help, the tolerance is below attainable
+        # accuracy). The first pass starts from residual = inf.
+        def attempt(state):
+            x, steps, _, _ = state
+            x, result, k = loop(matvec, rhs, x, m, tol, max_steps - steps, valid_inputs)
+            return x, steps + k, result, norm(rhs - matvec(x))
+
+        def again(state):
+            _, steps, result, residual = state
+            ok = result == RESULTS.successful
+            return ok & ~(residual <= tol) & (steps < max_steps)
+
+        inf = jnp.asarray(jnp.inf, rhs.dtype)
+        state = (guess, jnp.asarray(0, jnp.int32), RESULTS.successful, inf)
+        state, _ = iterate(attempt, again, state, 1 + _MAX_RESTARTS)
+        x, num_steps, result, residual = state
         result = finish_result(result, residual <= tol, residual, num_steps, max_steps)
+        if throw:
+            # Raised inside the solve, so that the solves of derivatives (the
+            # tangent and the transposed systems) are checked too, not only x.
+            x = error_if_failed(x, result, name)
         return x, (result, num_steps, residual)
 
     def solve(matvec, rhs):
@@ -118,7 +143,6 @@ def krylov_solve(
         symmetric=symmetric,
         has_aux=True,
     )
-    solution = Solution(
+    return Solution(
         value=op.unflatten(x), result=result, num_steps=num_steps, residual=residual
     )
-    return finalize(solution, throw, name)

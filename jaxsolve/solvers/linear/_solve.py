@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 import jax.numpy as jnp
 from jax import lax
 
-from ..._solution import RESULTS, Solution, finalize
+from ..._solution import RESULTS, Solution, error_if_failed
 from ._bicgstab import bicgstab
 from ._cg import cg
 from ._dense import dense_solve
@@ -40,21 +39,27 @@ def _custom_method(method: Callable, operator, b, throw: bool) -> Solution:
     function then solves the transposed systems of reverse mode."""
     op, b_flat = flat_operator(operator, b)
 
+    name = getattr(method, "__name__", "linear_solve")
+
     def solve(matvec, rhs):
         x = method(matvec, rhs)
-        return x, norm(rhs - matvec(x))
+        residual = norm(rhs - matvec(x))
+        result = RESULTS.where(
+            jnp.isfinite(residual), RESULTS.successful, RESULTS.nonfinite_value
+        )
+        if throw:
+            x = error_if_failed(x, result, name)
+        return x, (result, residual)
 
-    x, residual = lax.custom_linear_solve(op.matvec, b_flat, solve, solve, has_aux=True)
-    result = RESULTS.where(
-        jnp.isfinite(residual), RESULTS.successful, RESULTS.nonfinite_value
+    x, (result, residual) = lax.custom_linear_solve(
+        op.matvec, b_flat, solve, solve, has_aux=True
     )
-    solution = Solution(
+    return Solution(
         value=op.unflatten(x),
         result=result,
         num_steps=jnp.asarray(0, jnp.int32),
         residual=residual,
     )
-    return finalize(solution, throw, getattr(method, "__name__", "linear_solve"))
 
 
 def linear_solve(
@@ -100,5 +105,3 @@ def linear_solve(
             f"solve(matvec, b) -> x, got {method!r}"
         )
     return LINEAR_METHODS[method](operator, b, throw=throw, **options)
-
-
