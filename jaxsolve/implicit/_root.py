@@ -25,6 +25,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
 from ..solvers.linear import linear_solve
@@ -79,23 +80,49 @@ def _implicit_solution(solver, optimality_fn, has_aux, linear, init, args):
     def solution(init, args, solver_consts, f_consts):
         return solver_c(init, *args, *solver_consts)
 
-    @solution.defjvp
     def solution_jvp(primals, tangents):
         init, args, solver_consts, f_consts = primals
         _, d_args, _, d_f_consts = tangents
         out = solution(init, args, solver_consts, f_consts)
         x = out[0] if has_aux else out
         # The initial guess and the solver's own closed-over arrays get no
-        # derivative: at a root, x* depends on theta only through F.
-        _, d_f = jax.jvp(
+        # derivative: at a root, x* depends on theta only through F. Inputs
+        # whose tangent is a symbolic zero (data not being differentiated) are
+        # left out of the jvp of F, so they cost nothing.
+        d_f = _jvp_of_active_inputs(
             lambda a, c: f_c(x, *a, *c), (args, f_consts), (d_args, d_f_consts)
         )
-        dx = _solve_dfdx(f_c, x, args, f_consts, d_f, linear)
+        if d_f is None:
+            dx = jax.tree_util.tree_map(jnp.zeros_like, x)
+        else:
+            dx = _solve_dfdx(f_c, x, args, f_consts, d_f, linear)
         if has_aux:
             return out, (dx, jax.tree_util.tree_map(_zero_tangent, out[1]))
         return out, dx
 
+    solution.defjvp(solution_jvp, symbolic_zeros=True)
     return solution(init, args, solver_consts, f_consts)
+
+
+def _jvp_of_active_inputs(fn, primals, tangents):
+    """``jax.jvp(fn, primals, tangents)[1]`` over the leaves whose tangent is not a
+    symbolic zero; ``None`` when all are."""
+    is_zero = lambda t: isinstance(t, SymbolicZero)  # noqa: E731
+    leaves, treedef = jax.tree_util.tree_flatten(primals)
+    d_leaves = jax.tree_util.tree_leaves(tangents, is_leaf=is_zero)
+    active = [i for i, t in enumerate(d_leaves) if not is_zero(t)]
+    if not active:
+        return None
+
+    def fn_of_active(*values):
+        full = list(leaves)
+        for i, v in zip(active, values, strict=True):
+            full[i] = v
+        return fn(*jax.tree_util.tree_unflatten(treedef, full))
+
+    return jax.jvp(
+        fn_of_active, [leaves[i] for i in active], [d_leaves[i] for i in active]
+    )[1]
 
 
 def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):

@@ -151,8 +151,8 @@ register(
         perturb=_perturb_equilibrium,
         bad_inputs=(
             BadInput(
-                "Inf in u",
-                lambda i: (i[0], i[1].at[0].set(jnp.inf)),
+                "NaN in u",
+                lambda i: (i[0], i[1].at[0].set(jnp.nan)),
                 RESULTS.nonfinite_value,
             ),
         ),

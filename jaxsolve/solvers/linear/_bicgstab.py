@@ -11,12 +11,12 @@ from ._krylov import krylov_solve, norm, start_result
 __all__ = ["bicgstab"]
 
 
-def _bicgstab_loop(matvec, b, x0, precond, tol, max_steps, valid):
-    r = b - matvec(x0)
+def _bicgstab_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
+    precond = (lambda v: v) if precond is None else precond
     zero = jnp.zeros_like(r)
     one = jnp.asarray(1, r.dtype)
     # state: x, r, r_hat (shadow residual), p, v, rho, alpha, omega, result
-    init = (x0, r, r, zero, zero, one, one, one, start_result(valid, r))
+    init = (x0, r, r, zero, zero, one, one, one, start_result(input_code, r))
 
     def keep_going(state):
         result = state[-1]

@@ -6,45 +6,47 @@ import jax.numpy as jnp
 
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
-from ._krylov import krylov_solve, norm, start_result
+from ._krylov import krylov_solve, start_result
 
 __all__ = ["cg"]
 
 
-def _cg_loop(matvec, b, x0, precond, tol, max_steps, valid):
-    r = b - matvec(x0)
-    z = precond(r)
-    rz = jnp.vdot(r, z)
-    init = (x0, r, z, rz, start_result(valid, r))
+def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
+    apply_m = (lambda v: v) if precond is None else precond
+    # Without a preconditioner r.z is r.r: one inner product a step, not two.
+    z = apply_m(r)
+    rr = jnp.vdot(r, r)
+    rz = rr if precond is None else jnp.vdot(r, z)
+    # state: x, r, p, r.z, ||r||^2 (carried, so the stopping test is a scalar
+    # comparison rather than a pass over r), result
+    init = (x0, r, z, rz, rr, start_result(input_code, r))
+    tol2 = tol**2
 
     def keep_going(state):
-        _, r, _, _, result = state
-        return (result == RESULTS.successful) & (norm(r) > tol)
+        *_, rr, result = state
+        return (result == RESULTS.successful) & (rr > tol2)
 
     def step(state):
-        x, r, p, rz, result = state
+        x, r, p, rz, rr, result = state
         ap = matvec(p)
         pap = jnp.vdot(p, ap)
-        # p^T A p <= 0 proves A is not SPD (CG's curvature test); NaN means overflow.
+        # p^T A p <= 0 proves A is not SPD (CG's curvature test); NaN means
+        # overflow. Then the step is not taken (alpha = 0) and the loop ends.
         bad = ~(pap > 0)
-        alpha = rz / jnp.where(bad, 1, pap)
-        x_new = x + alpha * p
-        r_new = r - alpha * ap
-        z = precond(r_new)
-        rz_new = jnp.vdot(r_new, z)
-        p_new = z + (rz_new / jnp.where(rz == 0, 1, rz)) * p
+        alpha = jnp.where(bad, 0, rz / jnp.where(bad, 1, pap))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = apply_m(r)
+        rr = jnp.vdot(r, r)
+        rz_new = rr if precond is None else jnp.vdot(r, z)
+        p = z + (rz_new / jnp.where(rz == 0, 1, rz)) * p
         code = RESULTS.where(
             jnp.isfinite(pap), RESULTS.not_positive_definite, RESULTS.nonfinite_value
         )
-        new = (x_new, r_new, p_new, rz_new, result)
-        old = (x, r, p, rz, code)
-        return tuple(
-            RESULTS.where(bad, o, n) if isinstance(n, RESULTS) else jnp.where(bad, o, n)
-            for o, n in zip(old, new, strict=True)
-        )
+        return x, r, p, rz_new, rr, RESULTS.where(bad, code, result)
 
-    (x, _, _, _, result), num_steps = iterate(step, keep_going, init, max_steps)
-    return x, result, num_steps
+    state, num_steps = iterate(step, keep_going, init, max_steps)
+    return state[0], state[-1], num_steps
 
 
 def cg(

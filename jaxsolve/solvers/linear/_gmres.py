@@ -85,9 +85,9 @@ def _arnoldi_cycle(matvec, precond, r, beta, tol, budget, restart):
 
 
 def _make_gmres_loop(restart):
-    def loop(matvec, b, x0, precond, tol, max_steps, valid):
-        r = b - matvec(x0)
-        result = start_result(valid, r)
+    def loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
+        precond = (lambda v: v) if precond is None else precond
+        result = start_result(input_code, r)
         init = (x0, r, norm(r), jnp.asarray(0, jnp.int32), result)
 
         def keep_going(state):
@@ -162,9 +162,9 @@ def gmres(
     """
     restart = check_positive_int(restart, "restart")
 
-    def loop(matvec, b, x0, precond, tol, max_steps, valid):
+    def loop(matvec, b, x0, r0, precond, tol, max_steps, input_code):
         return _make_gmres_loop(min(restart, b.shape[0]))(
-            matvec, b, x0, precond, tol, max_steps, valid
+            matvec, b, x0, r0, precond, tol, max_steps, input_code
         )
 
     return krylov_solve(

@@ -1,8 +1,9 @@
 """What the Krylov solvers share: argument checks, the start and finish of a solve,
 and differentiation through ``jax.lax.custom_linear_solve``.
 
-Each solver supplies only a *loop*: ``loop(matvec, b, x0, precond, tol, max_steps,
-start_result) -> (x, state_stats)`` on flat vectors. :func:`krylov_solve` wraps it so
+Each solver supplies only a *loop*: ``loop(matvec, b, x0, r0, precond, tol,
+max_steps, input_code) -> (x, result, num_steps)`` on flat vectors (``r0 = b - A
+x0``; ``precond`` is ``None`` or a function). :func:`krylov_solve` wraps it so
 that ``x = A^{-1} b`` is differentiable with respect to ``b`` and to every array the
 operator closes over (forward and reverse mode, any order): JAX differentiates the
 *equation* ``A x = b`` and calls the same loop on the tangent (or, transposed, on
@@ -32,14 +33,15 @@ def norm(x: Array) -> Array:
     return jnp.sqrt(jnp.vdot(x, x).real)
 
 
-def start_result(valid: Array, r0: Array) -> RESULTS:
-    """The code a solve starts with: invalid tolerances or a non-finite start win."""
+def start_result(input_code: RESULTS, r0: Array) -> RESULTS:
+    """The code a solve starts with: ``input_code`` (what the checks of the inputs
+    found), else ``nonfinite_input`` if the first residual ``b - A x0`` is not
+    finite (this is how NaN/Inf in a matrix-free operator is caught)."""
+    finite = jnp.all(jnp.isfinite(r0))
     return RESULTS.where(
-        valid,
-        RESULTS.where(
-            jnp.all(jnp.isfinite(r0)), RESULTS.successful, RESULTS.nonfinite_input
-        ),
-        RESULTS.invalid_input,
+        input_code == RESULTS.successful,
+        RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_input),
+        input_code,
     )
 
 
@@ -94,33 +96,46 @@ def krylov_solve(
     atol = jnp.asarray(atol, op.dtype)
     # NaN/Inf in a matrix-free operator shows up in the first residual b - A x0
     # (NaN * 0 is NaN); a dense matrix is checked directly.
-    valid_inputs = valid & all_finite(x0_flat)
+    finite = all_finite(x0_flat)
     if op.matrix is not None:
-        valid_inputs = valid_inputs & all_finite(op.matrix)
+        finite = finite & all_finite(op.matrix)
+    input_code = RESULTS.where(
+        valid,
+        RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_input),
+        RESULTS.invalid_input,
+    )
 
-    def run(matvec, rhs, guess, m):
+    def run(matvec, rhs, guess, m, zero_guess):
         tol = jnp.maximum(rtol * norm(rhs), atol)
+        # The first residual b - A x0 also catches NaN/Inf in a matrix-free
+        # operator (NaN * 0 is NaN). Transposed solves start from zero and skip
+        # that product: their operator was already checked by the forward solve.
+        r0 = rhs if zero_guess else rhs - matvec(guess)
 
         # A loop stops when its *recursively updated* residual meets the
         # tolerance; rounding can leave the true residual b - A x above it. Then
         # the loop is restarted from x with the true residual (a few times at
         # most; if that does not help, the tolerance is below attainable
-        # accuracy). The first pass starts from residual = inf.
+        # accuracy). The loop is traced once: the first pass is the first step.
         def attempt(state):
-            x, steps, _, _ = state
-            x, result, k = loop(matvec, rhs, x, m, tol, max_steps - steps, valid_inputs)
-            return x, steps + k, result, norm(rhs - matvec(x))
+            x, r, steps, _, _ = state
+            x, result, k = loop(
+                matvec, rhs, x, r, m, tol, max_steps - steps, input_code
+            )
+            return x, rhs - matvec(x), steps + k, result, jnp.asarray(False)
 
         def again(state):
-            _, steps, result, residual = state
+            _, r, steps, result, first = state
             ok = result == RESULTS.successful
-            return ok & ~(residual <= tol) & (steps < max_steps)
+            return first | (ok & ~(norm(r) <= tol) & (steps < max_steps))
 
-        inf = jnp.asarray(jnp.inf, rhs.dtype)
-        state = (guess, jnp.asarray(0, jnp.int32), RESULTS.successful, inf)
-        state, _ = iterate(attempt, again, state, 1 + _MAX_RESTARTS)
-        x, num_steps, result, residual = state
-        result = finish_result(result, residual <= tol, residual, num_steps, max_steps)
+        steps = jnp.asarray(0, jnp.int32)
+        state = (guess, r0, steps, input_code, jnp.asarray(True))
+        state, _ = iterate(attempt, again, state, 2 + _MAX_RESTARTS)
+        x, r, num_steps, result, _ = state
+        residual = norm(r)
+        converged = jnp.isfinite(residual) & (residual <= tol)
+        result = finish_result(result, converged, residual, num_steps, max_steps)
         if throw:
             # Raised inside the solve, so that the solves of derivatives (the
             # tangent and the transposed systems) are checked too, not only x.
@@ -128,12 +143,16 @@ def krylov_solve(
         return x, (result, num_steps, residual)
 
     def solve(matvec, rhs):
-        return run(matvec, rhs, x0_flat, precond)
+        return run(matvec, rhs, x0_flat, precond, zero_guess=False)
 
     def transpose_solve(vecmat, rhs):
         # The adjoint system A^T w = g is solved from zero with M^T as preconditioner.
-        precond_t = jax.linear_transpose(precond, rhs)
-        return run(vecmat, rhs, jnp.zeros_like(rhs), lambda v: precond_t(v)[0])
+        if precond is None:
+            precond_t = None
+        else:
+            transposed = jax.linear_transpose(precond, rhs)
+            precond_t = lambda v: transposed(v)[0]  # noqa: E731
+        return run(vecmat, rhs, jnp.zeros_like(rhs), precond_t, zero_guess=True)
 
     x, (result, num_steps, residual) = lax.custom_linear_solve(
         op.matvec,

@@ -83,10 +83,11 @@ def flat_operator(operator, b, *, name: str = "operator") -> tuple[FlatOperator,
     return FlatOperator(lambda x: matrix @ x, b.shape, dtype, matrix), b
 
 
-def flat_preconditioner(preconditioner, op: FlatOperator) -> Callable[[Array], Array]:
-    """``M ~ A^{-1}`` in flat form: identity for ``None``, a matrix, or a function."""
+def flat_preconditioner(preconditioner, op: FlatOperator) -> Callable | None:
+    """``M ~ A^{-1}`` in flat form: ``None`` (identity: the loops then skip the
+    product and the extra inner product), a matrix, or a function."""
     if preconditioner is None:
-        return lambda x: x
+        return None
     if callable(preconditioner) and not hasattr(preconditioner, "shape"):
         out = jax.eval_shape(preconditioner, jax.ShapeDtypeStruct(op.shape, op.dtype))
         if getattr(out, "shape", None) != op.shape:

@@ -1,0 +1,270 @@
+"""What the entropic OT solvers share: input checks, the log-domain dual, the
+optimality condition that the implicit layer differentiates, and the result type.
+
+Conventions (those of Tang et al., ICLR 2024, with ``epsilon = 1 / eta``):
+
+    primal   min_{P 1 = a, P^T 1 = b}  <C, P> + epsilon sum_ij P_ij log P_ij
+    dual     max_{f, g}  D(f, g) = <f, a> + <g, b> - epsilon sum_ij P_ij(f, g)
+    plan     P_ij(f, g) = exp((f_i + g_j - C_ij) / epsilon - 1)
+    gradient grad D = (a - P 1, b - P^T 1)         (the marginal residuals)
+    Hessian  -hess D = (1/epsilon) [[diag(P 1), P], [P^T, diag(P^T 1)]]
+
+``D`` is concave and invariant along ``u = (1, -1)`` (``f + s``, ``g - s`` give the
+same plan), so the potentials are unique only up to that shift: every solver here
+returns them in the gauge ``sum_i f_i = sum_j g_j`` (sums over the support).
+Zero entries of ``a`` (or ``b``) are taken out of the support: their row (column) of
+the plan is exactly zero and their potential is reported as 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+from ..._checks import all_finite, as_float_array, check_nonnegative
+from ..._solution import RESULTS, Solution, finalize
+from ...implicit import custom_root
+
+__all__ = ["OTSolution", "Problem", "prepare", "solve_ot", "marginal_error"]
+
+
+class OTSolution(Solution):
+    """:class:`jaxsolve.Solution` of an entropic OT solve.
+
+    Attributes (besides those of :class:`jaxsolve.Solution`):
+        value: the dual potentials ``(f, g)``, shapes ``(n,)`` and ``(m,)``, in the
+            gauge ``sum f = sum g``.
+        plan: the transport plan ``P = exp((f_i + g_j - C_ij) / epsilon - 1)``,
+            ``(n, m)``.
+        cost: the regularised OT cost ``<C, P> + epsilon sum P log P``, computed as
+            the dual objective ``<f, a> + <g, b> - epsilon sum P`` (equal at the
+            solution; the dual form has the envelope gradient
+            ``d cost / d C = P``).
+        residual: the marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1``.
+        stats: ``sinkhorn_steps``, ``newton_steps`` (and for SNS ``cg_steps``,
+            ``line_search_steps``), ``marginal_error``.
+
+    ``plan`` and ``cost`` are differentiable (through the implicit layer) with
+    respect to ``C``, ``a``, ``b`` and ``epsilon``.
+    """
+
+    plan: Array | None = None
+    cost: Array | None = None
+
+
+class Problem(NamedTuple):
+    C: Array
+    a: Array
+    b: Array
+    epsilon: Array
+    tol: Array
+    result: RESULTS  # the input checks' verdict: successful or an input code
+
+
+def _marginal(x, n, name, dtype):
+    if x is None:
+        return jnp.full((n,), 1.0 / n, dtype)
+    x = as_float_array(x, name)
+    if x.shape != (n,):
+        raise ValueError(
+            f"`{name}` must have shape ({n},) to match the cost matrix, got {x.shape}"
+        )
+    return x
+
+
+def prepare(C, a, b, epsilon, tol, normalize: bool) -> Problem:
+    """Check shapes (``ValueError`` at trace time) and values (a result code)."""
+    C = as_float_array(C, "C")
+    if C.ndim != 2 or 0 in C.shape:
+        raise ValueError(f"`C` must be a non-empty (n, m) matrix, got shape {C.shape}")
+    n, m = C.shape
+    a = _marginal(a, n, "a", C.dtype)
+    b = _marginal(b, m, "b", C.dtype)
+    epsilon = as_float_array(epsilon, "epsilon")
+    if epsilon.ndim != 0:
+        raise ValueError(f"`epsilon` must be a scalar, got shape {epsilon.shape}")
+    dtype = jnp.result_type(C, a, b, epsilon)
+    C, a, b, epsilon = (x.astype(dtype) for x in (C, a, b, epsilon))
+    tol_ok = True if tol is None else check_nonnegative(tol, "tol")
+    finite = all_finite(C, a, b, epsilon) & all_finite(0 if tol is None else tol)
+    mass_a, mass_b = jnp.sum(a), jnp.sum(b)
+    valid = (
+        tol_ok
+        & (epsilon > 0)
+        & jnp.all(a >= 0)
+        & jnp.all(b >= 0)
+        & (mass_a > 0)
+        & (mass_b > 0)
+    )
+    if normalize:
+        a = a / jnp.where(mass_a > 0, mass_a, 1)
+        b = b / jnp.where(mass_b > 0, mass_b, 1)
+    if tol is None:
+        tol = (1e-9 if dtype == jnp.float64 else 1e-5) * jnp.abs(jnp.sum(a))
+    tol = jnp.asarray(tol, dtype)
+    if not normalize:
+        # Unequal masses admit no plan: the marginal error can never fall below
+        # |sum a - sum b|, so a gap the tolerance cannot absorb is refused.
+        valid = valid & (2 * jnp.abs(jnp.sum(a) - jnp.sum(b)) <= tol)
+    result = RESULTS.where(
+        finite,
+        RESULTS.where(valid, RESULTS.successful, RESULTS.invalid_input),
+        RESULTS.nonfinite_input,
+    )
+    return Problem(C, a, b, epsilon, tol, result)
+
+
+def logits(f, g, C, epsilon, a, b):
+    """``log P``, with ``-inf`` on the rows/columns of zero marginal entries."""
+    z = (f[:, None] + g[None, :] - C) / epsilon - 1
+    support = (a > 0)[:, None] & (b > 0)[None, :]
+    return jnp.where(support, z, -jnp.inf)
+
+
+def gauge(f, g, a, b):
+    """Shift ``(f + s, g - s)`` so that ``sum f = sum g`` over the support (the
+    plan is unchanged), and zero the potentials off the support."""
+    ma, mb = a > 0, b > 0
+    f = jnp.where(ma, f, 0)
+    g = jnp.where(mb, g, 0)
+    count = jnp.sum(ma) + jnp.sum(mb)
+    s = (jnp.sum(g) - jnp.sum(f)) / jnp.maximum(count, 1)
+    return jnp.where(ma, f + s, 0), jnp.where(mb, g - s, 0)
+
+
+def null_vector(a, b):
+    """``u = (1, -1)`` on the support: the direction along which ``D`` is flat."""
+    return jnp.concatenate([(a > 0).astype(a.dtype), -(b > 0).astype(a.dtype)])
+
+
+def null_shift(a, b):
+    """``kappa`` such that ``kappa u u^T`` has the eigenvalue ``sum(a)/max(n, m)``,
+    the size of a typical diagonal entry ``(P 1)_i`` of the (epsilon-scaled)
+    Hessian: added to the Hessian, it fixes the gauge without hurting its
+    conditioning."""
+    n, m = a.shape[0], b.shape[0]
+    return jnp.sum(a) / ((n + m) * max(n, m))
+
+
+def marginal_error(plan, a, b):
+    """``||P 1 - a||_1 + ||P^T 1 - b||_1``."""
+    return jnp.sum(jnp.abs(plan.sum(1) - a)) + jnp.sum(jnp.abs(plan.sum(0) - b))
+
+
+def _optimality(z, C, a, b, epsilon):
+    """``F(f, g) = 0`` at the gauge-fixed optimum: the dual gradient (up to sign)
+    plus ``kappa u (u . z) / epsilon`` (``u = (1, -1)``), plus the identity off the
+    support.
+
+    ``dF/dz = -hess D + kappa u u^T / epsilon`` is symmetric positive definite:
+    ``-hess D`` is PSD with null space ``u`` alone (the plan has a connected
+    support), and the rank-one term is positive along ``u``. Taking the inner
+    product of ``F = 0`` with ``u`` (``u . grad D = sum a - sum b = 0``) gives
+    ``u . z = 0``: the root is the optimum in the gauge ``sum f = sum g`` that
+    the solvers return. So CG solves the implicit systems, with no ridge that
+    would bias the derivatives.
+    """
+    f, g = z
+    ma, mb = a > 0, b > 0
+    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
+    u = null_vector(a, b)
+    ud = jnp.vdot(u, jnp.concatenate([f, g]))
+    kappa = null_shift(a, b)
+    off_f = jnp.sum(a) / a.shape[0]
+    off_g = jnp.sum(b) / b.shape[0]
+    ff = plan.sum(1) - a + kappa * u[: a.shape[0]] * ud / epsilon
+    fg = plan.sum(0) - b + kappa * u[a.shape[0] :] * ud / epsilon
+    ff = ff + jnp.where(ma, 0, off_f * f / epsilon)
+    fg = fg + jnp.where(mb, 0, off_g * g / epsilon)
+    return ff, fg
+
+
+def _finish_code(result, err, tol, stalled):
+    """The code at the end of a solve, from the input code, the final marginal
+    error and whether the iteration stopped making progress."""
+    unconverged = RESULTS.where(
+        jnp.isfinite(err),
+        RESULTS.where(stalled, RESULTS.stagnation, RESULTS.max_steps_reached),
+        RESULTS.nonfinite_value,
+    )
+    return RESULTS.where(
+        result == RESULTS.successful,
+        RESULTS.where(err <= tol, RESULTS.successful, unconverged),
+        result,
+    )
+
+
+def solve_ot(
+    inner,
+    name: str,
+    C,
+    a,
+    b,
+    epsilon,
+    tol,
+    init,
+    normalize: bool,
+    throw: bool,
+    implicit_solve_options: dict | None,
+) -> OTSolution:
+    """Run ``inner(problem, f0, g0) -> (f, g, stalled, stats)`` (the solver's loops,
+    never differentiated), fix the gauge, attach implicit derivatives through
+    :func:`jaxsolve.custom_root` and build the :class:`OTSolution`."""
+    problem = prepare(C, a, b, epsilon, tol, normalize)
+    n, m = problem.C.shape
+    dtype = problem.C.dtype
+    if init is None:
+        f0, g0 = jnp.zeros(n, dtype), jnp.zeros(m, dtype)
+    else:
+        f0, g0 = (as_float_array(x, "init").astype(dtype) for x in init)
+        if f0.shape != (n,) or g0.shape != (m,):
+            raise ValueError(
+                f"`init` must be potentials of shapes ({n},), ({m},), got "
+                f"{f0.shape}, {g0.shape}"
+            )
+    tol_arr, input_code = problem.tol, problem.result
+
+    def solver(z0, C, a, b, epsilon):
+        p = problem._replace(C=C, a=a, b=b, epsilon=epsilon)
+        f, g, stalled, stats = inner(p, *z0)
+        f, g = gauge(f, g, a, b)
+        return (f, g), (stalled, stats)
+
+    options = {"max_steps": 20 * (n + m), **(implicit_solve_options or {})}
+    root = custom_root(_optimality, has_aux=True, solve="cg", solve_options=options)
+    (f, g), (stalled, stats) = root(solver)(
+        (f0, g0), problem.C, problem.a, problem.b, problem.epsilon
+    )
+
+    plan = jnp.exp(logits(f, g, problem.C, problem.epsilon, problem.a, problem.b))
+    cost = (
+        jnp.vdot(f, problem.a)
+        + jnp.vdot(g, problem.b)
+        - problem.epsilon * jnp.sum(plan)
+    )
+    err = lax.stop_gradient(marginal_error(plan, problem.a, problem.b))
+    result = _finish_code(input_code, err, tol_arr, stalled)
+    stats = {**stats, "marginal_error": err}
+    num_steps = sum(stats[k] for k in ("sinkhorn_steps", "newton_steps"))
+    solution = OTSolution(
+        value=(f, g),
+        result=result,
+        num_steps=num_steps,
+        residual=err,
+        stats=stats,
+        plan=plan,
+        cost=cost,
+    )
+    return finalize(solution, throw, name)
+
+
+def check_static_int(value, name: str, minimum: int = 0) -> int:
+    """A static non-negative (or >= ``minimum``) Python int."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be a Python int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
