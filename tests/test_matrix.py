@@ -19,7 +19,11 @@ import pytest
 from jaxsolve import RESULTS
 from jaxsolve.testing import REGISTRY
 
-CASES = sorted(REGISTRY)
+# Each case's checks run in one xdist worker (--dist loadgroup), so that they share
+# its compiled functions.
+CASES = [
+    pytest.param(n, marks=pytest.mark.xdist_group(n), id=n) for n in sorted(REGISTRY)
+]
 DTYPES = [jnp.float64, jnp.float32]
 tree_leaves = jax.tree_util.tree_leaves
 
@@ -193,12 +197,16 @@ def test_float32_gradients_match_float64(name):
         np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3 * (1 + np.abs(b).max()))
 
 
-BAD = [(name, k) for name in CASES for k in range(len(REGISTRY[name].bad_inputs))]
+BAD = [
+    pytest.param(
+        name, k, marks=pytest.mark.xdist_group(name), id=f"{name}-{bad.description}"
+    )
+    for name in sorted(REGISTRY)
+    for k, bad in enumerate(REGISTRY[name].bad_inputs)
+]
 
 
-@pytest.mark.parametrize(
-    "name,k", BAD, ids=[f"{n}-{REGISTRY[n].bad_inputs[k].description}" for n, k in BAD]
-)
+@pytest.mark.parametrize("name,k", BAD)
 def test_bad_input(name, k):
     c = _compiled(name)
     bad = c.case.bad_inputs[k]

@@ -137,7 +137,7 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):
         ]
 
     method, options = linear
-    if isinstance(method, str) and method != "dense" and "rtol" not in options:
+    if isinstance(method, str) and "rtol" not in options:
         # Gradients should be as accurate as the dtype allows, not 1e-6.
         options = {**options, "rtol": float(jnp.finfo(x_flat.dtype).eps) ** 0.75}
     # throw=True: a failed solve (forward, or transposed in reverse mode) raises

@@ -18,6 +18,8 @@ from ._operator import flat_operator
 
 __all__ = ["linear_solve", "LINEAR_METHODS"]
 
+_ITERATIVE_ONLY = ("rtol", "atol", "max_steps", "x0", "preconditioner")
+
 LINEAR_METHODS: dict[str, Callable] = {
     "cg": cg,
     "gmres": gmres,
@@ -83,7 +85,9 @@ def linear_solve(
             singular or nearly singular systems (as in Tikhonov regularisation).
         throw: raise a runtime error if the solve fails.
         **options: passed to the method (``rtol``, ``atol``, ``max_steps``,
-            ``preconditioner``, ``restart``, ...).
+            ``preconditioner``, ``restart``, ...). ``"dense"`` is exact and ignores
+            the iterative options ``rtol``, ``atol``, ``max_steps``, ``x0`` and
+            ``preconditioner``, so that callers can switch methods freely.
 
     Returns:
         :class:`jaxsolve.Solution` with ``.value = x``.
@@ -104,4 +108,6 @@ def linear_solve(
             f"`method` must be one of {sorted(LINEAR_METHODS)} or a function "
             f"solve(matvec, b) -> x, got {method!r}"
         )
+    if method == "dense":
+        options = {k: v for k, v in options.items() if k not in _ITERATIVE_ONLY}
     return LINEAR_METHODS[method](operator, b, throw=throw, **options)

@@ -183,8 +183,11 @@ def _optimality(z, C, a, b, epsilon):
 
 
 def _finish_code(result, err, tol, stalled):
-    """The code at the end of a solve, from the input code, the final marginal
-    error and whether the iteration stopped making progress."""
+    """The code at the end of a solve, from the input code, the loop's final
+    marginal error and whether the iteration stopped making progress.
+
+    The loop's own error decides (the reported residual, recomputed from the
+    gauge-shifted potentials, can differ from it by rounding)."""
     unconverged = RESULTS.where(
         jnp.isfinite(err),
         RESULTS.where(stalled, RESULTS.stagnation, RESULTS.max_steps_reached),
@@ -210,7 +213,7 @@ def solve_ot(
     throw: bool,
     implicit_solve_options: dict | None,
 ) -> OTSolution:
-    """Run ``inner(problem, f0, g0) -> (f, g, stalled, stats)`` (the solver's loops,
+    """Run ``inner(problem, f0, g0) -> (f, g, err, stalled, stats)`` (the loops,
     never differentiated), fix the gauge, attach implicit derivatives through
     :func:`jaxsolve.custom_root` and build the :class:`OTSolution`."""
     problem = prepare(C, a, b, epsilon, tol, normalize)
@@ -229,13 +232,13 @@ def solve_ot(
 
     def solver(z0, C, a, b, epsilon):
         p = problem._replace(C=C, a=a, b=b, epsilon=epsilon)
-        f, g, stalled, stats = inner(p, *z0)
+        f, g, err, stalled, stats = inner(p, *z0)
         f, g = gauge(f, g, a, b)
-        return (f, g), (stalled, stats)
+        return (f, g), (err, stalled, stats)
 
     options = {"max_steps": 20 * (n + m), **(implicit_solve_options or {})}
     root = custom_root(_optimality, has_aux=True, solve="cg", solve_options=options)
-    (f, g), (stalled, stats) = root(solver)(
+    (f, g), (loop_err, stalled, stats) = root(solver)(
         (f0, g0), problem.C, problem.a, problem.b, problem.epsilon
     )
 
@@ -246,7 +249,7 @@ def solve_ot(
         - problem.epsilon * jnp.sum(plan)
     )
     err = lax.stop_gradient(marginal_error(plan, problem.a, problem.b))
-    result = _finish_code(input_code, err, tol_arr, stalled)
+    result = _finish_code(input_code, loop_err, tol_arr, stalled)
     stats = {**stats, "marginal_error": err}
     num_steps = sum(stats[k] for k in ("sinkhorn_steps", "newton_steps"))
     solution = OTSolution(

@@ -69,12 +69,12 @@ def _col_error(f, g, p: Problem):
 
 def _sinkhorn_inner(max_steps):
     def inner(p: Problem, f, g):
-        f, g, _, num_steps = sinkhorn_stage(p, f, g, max_steps)
+        f, g, err, num_steps = sinkhorn_stage(p, f, g, max_steps)
         stats = {
             "sinkhorn_steps": num_steps,
             "newton_steps": jnp.asarray(0, jnp.int32),
         }
-        return f, g, jnp.asarray(False), stats
+        return f, g, err, jnp.asarray(False), stats
 
     return inner
 

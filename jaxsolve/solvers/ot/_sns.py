@@ -157,14 +157,14 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
     zero = jnp.asarray(0, jnp.int32)
     init = (f, g, *state_at(f, g), jnp.asarray(False), zero, zero)
     state, num_steps = iterate(step, keep_going, init, max_steps)
-    f, g, _, _, _, stalled, cg_steps, ls_steps = state
-    return f, g, stalled, num_steps, cg_steps, ls_steps
+    f, g, _, _, err, stalled, cg_steps, ls_steps = state
+    return f, g, err, stalled, num_steps, cg_steps, ls_steps
 
 
 def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
     def inner(p: Problem, f, g):
         f, g, _, n_sinkhorn = sinkhorn_stage(p, f, g, warmup_steps)
-        f, g, stalled, n_newton, cg_steps, ls_steps = _newton_stage(
+        f, g, err, stalled, n_newton, cg_steps, ls_steps = _newton_stage(
             p, f, g, k, max_newton_steps, cg_rtol, cg_max_steps
         )
         stats = {
@@ -173,7 +173,7 @@ def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
             "cg_steps": cg_steps,
             "line_search_steps": ls_steps,
         }
-        return f, g, stalled, stats
+        return f, g, err, stalled, stats
 
     return inner
 
