@@ -130,11 +130,12 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):
     x_flat, unravel = ravel_pytree(x)
     rhs, _ = ravel_pytree(d_f)
     f_x = lambda x_: f_c(x_, *args, *f_consts)  # noqa: E731
+    # Linearise once: the products with dF/dx inside the Krylov loop then reuse
+    # the stored linearisation point instead of re-evaluating F each step.
+    _, f_x_lin = jax.linearize(f_x, x)
 
     def matvec(v):
-        return ravel_pytree(jax.jvp(f_x, (x,), (unravel(v.astype(x_flat.dtype)),))[1])[
-            0
-        ]
+        return ravel_pytree(f_x_lin(unravel(v.astype(x_flat.dtype))))[0]
 
     method, options = linear
     if isinstance(method, str) and "rtol" not in options:
