@@ -10,10 +10,14 @@ from ._solution import RESULTS as RESULTS
 from ._solution import Solution as Solution
 from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
+from .solvers import ot as ot
 from .solvers.linear import bicgstab as bicgstab
 from .solvers.linear import cg as cg
 from .solvers.linear import dense_solve as dense_solve
 from .solvers.linear import gmres as gmres
 from .solvers.linear import linear_solve as linear_solve
+from .solvers.ot import OTSolution as OTSolution
+from .solvers.ot import sinkhorn as sinkhorn
+from .solvers.ot import sinkhorn_newton_sparse as sinkhorn_newton_sparse
 
 __version__ = "0.1.0"

@@ -47,8 +47,11 @@ def _perturb_ot(inputs, scale):
     C, a, b, epsilon = inputs
     wave = jnp.cos(jnp.arange(C.size, dtype=C.dtype)).reshape(C.shape)
     ramp = jnp.linspace(-1, 1, a.shape[0], dtype=a.dtype)
-    return C + 0.1 * scale * wave, a * (1 + 0.2 * scale * ramp), b, epsilon * (
-        1 + 0.2 * scale
+    return (
+        C + 0.1 * scale * wave,
+        a * (1 + 0.2 * scale * ramp),
+        b,
+        epsilon * (1 + 0.2 * scale),
     )
 
 
@@ -58,8 +61,6 @@ def _bad_inputs():
 
     return (
         BadInput(
-            "NaN in the cost", replace(0, lambda C: C.at[1, 2].set(_NAN)), RESULTS
-        ).__class__(
             "NaN in the cost",
             replace(0, lambda C: C.at[1, 2].set(_NAN)),
             RESULTS.nonfinite_input,
@@ -75,16 +76,16 @@ def _bad_inputs():
             RESULTS.invalid_input,
         ),
         BadInput(
-            "zero mass b", replace(2, lambda b: jnp.zeros_like(b)), RESULTS.invalid_input
+            "zero mass b",
+            replace(2, lambda b: jnp.zeros_like(b)),
+            RESULTS.invalid_input,
         ),
         BadInput(
             "epsilon = 0",
             replace(3, lambda e: jnp.zeros_like(e)),
             RESULTS.invalid_input,
         ),
-        BadInput(
-            "negative epsilon", replace(3, lambda e: -e), RESULTS.invalid_input
-        ),
+        BadInput("negative epsilon", replace(3, lambda e: -e), RESULTS.invalid_input),
         BadInput("b of the wrong length", replace(2, lambda b: b[:-1]), ValueError),
         BadInput("cost not a matrix", replace(0, lambda C: C[0]), ValueError),
         BadInput(
@@ -107,7 +108,7 @@ def _sns(C, a, b, epsilon, throw=True):
         epsilon=epsilon,
         tol=_tol(C.dtype),
         warmup_steps=5,
-        k=4,
+        k=8,
         normalize=True,
         throw=throw,
     )

@@ -25,7 +25,7 @@ from jax import lax
 from jaxtyping import Array
 
 from ..._checks import all_finite, as_float_array, check_nonnegative
-from ..._solution import RESULTS, Solution, finalize
+from ..._solution import RESULTS, Solution, error_if_failed
 from ...implicit import custom_root
 
 __all__ = ["OTSolution", "Problem", "prepare", "solve_ot", "marginal_error"]
@@ -222,6 +222,8 @@ def solve_ot(
     if init is None:
         f0, g0 = jnp.zeros(n, dtype), jnp.zeros(m, dtype)
     else:
+        if not isinstance(init, (tuple, list)) or len(init) != 2:
+            raise ValueError("`init` must be a pair of potentials (f0, g0)")
         f0, g0 = (as_float_array(x, "init").astype(dtype) for x in init)
         if f0.shape != (n,) or g0.shape != (m,):
             raise ValueError(
@@ -252,7 +254,11 @@ def solve_ot(
     result = _finish_code(input_code, loop_err, tol_arr, stalled)
     stats = {**stats, "marginal_error": err}
     num_steps = sum(stats[k] for k in ("sinkhorn_steps", "newton_steps"))
-    solution = OTSolution(
+    if throw:
+        # The check guards every output, so that code that uses only the cost
+        # (or only the plan) still raises: an unused check would be dropped.
+        (f, g), plan, cost = error_if_failed(((f, g), plan, cost), result, name)
+    return OTSolution(
         value=(f, g),
         result=result,
         num_steps=num_steps,
@@ -261,7 +267,6 @@ def solve_ot(
         plan=plan,
         cost=cost,
     )
-    return finalize(solution, throw, name)
 
 
 def check_static_int(value, name: str, minimum: int = 0) -> int:

@@ -1,0 +1,466 @@
+"""Entropic OT: Sinkhorn and Sinkhorn-Newton-Sparse (SNS).
+
+Reference checks (closed forms, POT), the paper's random-assignment case, implicit
+derivatives against finite differences and the envelope theorem, a jitted optax
+training step, bad input. The shared checks (jit, vmap, jvp/vjp, float32) run in
+``tests/test_matrix.py`` through the registry entries of
+``jaxsolve/testing/_ot_cases.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxsolve.testing._ot_cases  # noqa: F401  (registers the OT cases)
+from jaxsolve import RESULTS
+from jaxsolve.solvers.ot import (
+    OTSolution,
+    grid_cost,
+    grid_points,
+    l1_cost,
+    marginal_error,
+    pairwise_cost,
+    sinkhorn,
+    sinkhorn_newton_sparse,
+    sqeuclidean_cost,
+)
+
+
+def _sns(*args, **kwargs):
+    return sinkhorn_newton_sparse(*args, k=8, warmup_steps=5, **kwargs)
+
+
+SOLVERS = {"sinkhorn": sinkhorn, "sns": _sns}
+TOL = 1e-13
+
+# Most checks share one problem shape (10 x 12) and these compiled functions:
+# the time of this file is mostly XLA compilation.
+
+
+@functools.cache
+def _solve(name):
+    """``solve(C, a, b, epsilon) -> OTSolution`` (jitted, ``throw=False``)."""
+    solver = SOLVERS[name]
+    return jax.jit(
+        lambda C, a, b, eps: solver(C, a, b, epsilon=eps, tol=TOL, throw=False)
+    )
+
+
+def _loss(sol, w):
+    """A function of everything a solve returns: ``w[0] cost + w[1] (plan,
+    potentials)`` (``w = (1, 0)`` is the cost alone)."""
+    f, g = sol.value
+    weights = jnp.arange(sol.plan.shape[1], dtype=sol.plan.dtype)
+    others = jnp.sum(sol.plan**2 * weights) * 50 + jnp.sum(jnp.sin(f)) + jnp.sum(g**2)
+    return w[0] * sol.cost + w[1] * others
+
+
+@functools.cache
+def _grad(name):
+    """``grad(C, a, b, epsilon, w)``: the gradient of :func:`_loss` with respect to
+    ``(C, a, b, epsilon)``, compiled once per solver."""
+    solver = SOLVERS[name]
+    loss = lambda C, a, b, eps, w: _loss(solver(C, a, b, epsilon=eps, tol=TOL), w)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+
+
+_COST = jnp.asarray([1.0, 0.0])
+_ALL = jnp.asarray([1.0, 1.0])
+
+
+def _group(name):
+    """Checks of one solver run in one xdist worker (``--dist loadgroup``), so that
+    they share its compiled functions."""
+    return pytest.mark.xdist_group(f"ot-{name}")
+
+
+def _by_solver():
+    return pytest.mark.parametrize(
+        "name", [pytest.param(n, marks=_group(n), id=n) for n in sorted(SOLVERS)]
+    )
+
+
+def _problem(n=10, m=12, seed=0, dtype=jnp.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, 2))
+    y = rng.uniform(size=(m, 2)) + 0.2
+    a = rng.uniform(0.5, 1.5, size=n)
+    b = rng.uniform(0.5, 1.5, size=m)
+    C = sqeuclidean_cost(jnp.asarray(x, dtype), jnp.asarray(y, dtype))
+    return C, jnp.asarray(a / a.sum(), dtype), jnp.asarray(b / b.sum(), dtype)
+
+
+def _primal(C, P, epsilon):
+    return jnp.sum(C * P) + epsilon * jnp.sum(jnp.where(P > 0, P * jnp.log(P), 0))
+
+
+# ----------------------------------------------------------------------------
+# Reference values
+
+
+@_by_solver()
+def test_separable_cost_has_the_independent_coupling(name):
+    """C_ij = u_i + v_j: <C, P> is the same for every plan, so the entropy alone
+    decides: P = a b^T, cost = <u, a> + <v, b> + eps sum a_i b_j log(a_i b_j)."""
+    _, a, b = _problem(seed=1)
+    u = jnp.linspace(0.0, 1.0, 10)
+    v = jnp.cos(jnp.arange(12.0))
+    C = u[:, None] + v[None, :]
+    eps = 0.3
+    sol = _solve(name)(C, a, b, eps)
+    assert bool(sol.succeeded), sol.message
+    P = a[:, None] * b[None, :]
+    np.testing.assert_allclose(sol.plan, P, rtol=1e-10, atol=1e-15)
+    expected = u @ a + v @ b + eps * jnp.sum(P * jnp.log(P))
+    np.testing.assert_allclose(sol.cost, expected, rtol=1e-12)
+    f, g = sol.value
+    np.testing.assert_allclose(jnp.sum(f), jnp.sum(g), atol=1e-12)  # the gauge
+
+
+@_by_solver()
+def test_agrees_with_pot(name):
+    ot = pytest.importorskip("ot")
+    C, a, b = _problem(seed=2)
+    eps = 0.05
+    sol = _solve(name)(C, a, b, eps)
+    assert isinstance(sol, OTSolution) and bool(sol.succeeded), sol.message
+    reference = ot.sinkhorn(
+        np.asarray(a),
+        np.asarray(b),
+        np.asarray(C),
+        eps,
+        method="sinkhorn_log",
+        stopThr=1e-15,
+        numItermax=100_000,
+    )
+    np.testing.assert_allclose(sol.plan, reference, rtol=1e-8, atol=1e-14)
+    # POT's ``sinkhorn2`` is the transport part <C, P>; ours adds the entropy.
+    np.testing.assert_allclose(
+        sol.cost, _primal(C, jnp.asarray(reference), eps), rtol=1e-10
+    )
+    assert float(sol.residual) <= TOL
+    assert float(marginal_error(sol.plan, a, b)) <= 2 * TOL
+
+
+@_group("sinkhorn")
+def test_random_assignment_paper_case():
+    """Tang et al. (2024), Table 1: n = 500, C ~ U[0, 1], uniform marginals,
+    eta = 1200; the paper reports 20 Sinkhorn + 9 Newton steps to machine
+    accuracy (plain Sinkhorn needs 56,199)."""
+    n = 500
+    C = jax.random.uniform(jax.random.PRNGKey(0), (n, n), jnp.float64)
+    a = jnp.full(n, 1.0 / n)
+    solve = jax.jit(
+        lambda C, a: sinkhorn_newton_sparse(C, a, a, epsilon=1 / 1200, tol=1e-9)
+    )
+    sol = solve(C, a)
+    assert bool(sol.succeeded), sol.message
+    assert float(marginal_error(sol.plan, a, a)) <= 1e-9
+    assert int(sol.stats["sinkhorn_steps"]) == 20
+    assert int(sol.num_steps) <= 32, sol.stats
+    assert bool(jnp.all(jnp.isfinite(sol.plan)))
+    # A near-permutation: most of the mass of each row sits on one entry.
+    assert float(jnp.mean(jnp.max(sol.plan, axis=1) * n)) > 0.5
+
+
+@pytest.mark.slow
+@_group("sinkhorn")
+def test_random_assignment_sns_agrees_with_sinkhorn():
+    """At eta = 1200, plain Sinkhorn needs thousands of steps to reach what SNS
+    reaches in about 30; both give the same plan."""
+    n = 500
+    C = jax.random.uniform(jax.random.PRNGKey(0), (n, n), jnp.float64)
+    a = jnp.full(n, 1.0 / n)
+    sns = jax.jit(lambda C: sinkhorn_newton_sparse(C, a, a, epsilon=1 / 1200))(C)
+    ref = jax.jit(lambda C: sinkhorn(C, a, a, epsilon=1 / 1200, max_steps=50_000))(C)
+    assert bool(sns.succeeded) and bool(ref.succeeded)
+    assert int(ref.num_steps) > 100 * int(sns.num_steps)
+    np.testing.assert_allclose(sns.plan, ref.plan, atol=1e-9)
+    np.testing.assert_allclose(sns.cost, ref.cost, rtol=1e-9)
+
+
+@_group("sns")
+def test_sns_with_all_entries_is_newton():
+    """k = m keeps every entry: exact Newton, quadratic convergence."""
+    C, a, b = _problem()
+    solve = jax.jit(
+        lambda C, a, b: sinkhorn_newton_sparse(
+            C, a, b, epsilon=0.1, tol=TOL, k=12, warmup_steps=5
+        )
+    )
+    sol = solve(C, a, b)
+    assert bool(sol.succeeded)
+    assert int(sol.stats["newton_steps"]) <= 6, sol.stats
+    ref = _solve("sinkhorn")(C, a, b, 0.1)
+    np.testing.assert_allclose(sol.plan, ref.plan, rtol=1e-9, atol=1e-14)
+    for x, y in zip(sol.value, ref.value, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-10)
+
+
+@_by_solver()
+def test_zero_entries_in_the_marginals(name):
+    """Zero-mass points leave the support: their row of the plan is zero. (On the
+    support the plan has the Gibbs form exp((f + g - C) / eps - 1) by
+    construction, so meeting the marginals makes it the unique solution of the
+    problem without those points.)"""
+    C, a, b = _problem()
+    a0 = a.at[3].set(0.0)
+    a0 = a0 / jnp.sum(a0)
+    keep = np.arange(10) != 3
+    sol = _solve(name)(C, a0, b, 0.1)
+    assert bool(sol.succeeded), sol.message
+    assert float(jnp.max(sol.plan[3])) == 0.0
+    assert float(marginal_error(sol.plan[keep], a0[keep], b)) <= 2 * TOL
+    assert float(jnp.min(sol.plan[keep])) > 0
+    # A gradient through the zero entry stays finite.
+    grads = _grad(name)(C, a0, b, jnp.asarray(0.1), _ALL)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+# ----------------------------------------------------------------------------
+# Derivatives
+
+
+def _zero_sum(v):
+    return v - jnp.mean(v)
+
+
+@_by_solver()
+def test_gradients_match_finite_differences(name):
+    """d/d(C, a, b, epsilon) of a function of the plan, the potentials and the
+    cost (reverse and forward mode); mass-preserving directions for a and b
+    (no normalisation)."""
+    C, a, b = _problem(seed=3)
+    solver = SOLVERS[name]
+    args = (C, a, b, jnp.asarray(0.15))
+    grads = _grad(name)(*args, _ALL)
+    keys = jax.random.split(jax.random.PRNGKey(4), 4)
+    dirs = [
+        jax.random.normal(k, jnp.shape(x), jnp.float64)
+        for k, x in zip(keys, args, strict=True)
+    ]
+    dirs[1], dirs[2] = _zero_sum(dirs[1]) * 0.1, _zero_sum(dirs[2]) * 0.1
+    h = 1e-6
+    for i in range(4):
+        step = [h * d if j == i else 0 * d for j, d in enumerate(dirs)]
+        plus = _solve(name)(*[x + s for x, s in zip(args, step, strict=True)])
+        minus = _solve(name)(*[x - s for x, s in zip(args, step, strict=True)])
+        fd = (_loss(plus, _ALL) - _loss(minus, _ALL)) / (2 * h)
+        np.testing.assert_allclose(jnp.vdot(grads[i], dirs[i]), fd, rtol=2e-6)
+    if name != "sinkhorn":
+        return  # (the test matrix checks every solver's jvp; compiling is slow)
+    # Forward mode gives the same directional derivative.
+    loss = lambda C, a, b, eps: _loss(solver(C, a, b, epsilon=eps, tol=TOL), _ALL)
+    tangent = jax.jit(lambda x, d: jax.jvp(loss, x, d)[1])(args, tuple(dirs))
+    expected = sum(jnp.vdot(g, d) for g, d in zip(grads, dirs, strict=True))
+    np.testing.assert_allclose(tangent, expected, rtol=1e-8)
+
+
+@_by_solver()
+def test_envelope_theorem(name):
+    """d cost / dC = P, d cost / d eps = sum P log P, d cost / da = f (on
+    mass-preserving directions, where the gauge does not matter)."""
+    C, a, b = _problem()
+    sol = _solve(name)(C, a, b, 0.1)
+    dC, da, db, deps = _grad(name)(C, a, b, jnp.asarray(0.1), _COST)
+    P = sol.plan
+    np.testing.assert_allclose(dC, P, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(deps, jnp.sum(P * jnp.log(P)), rtol=1e-8)
+    f, g = sol.value
+    np.testing.assert_allclose(_zero_sum(da), _zero_sum(f), atol=1e-9)
+    np.testing.assert_allclose(_zero_sum(db), _zero_sum(g), atol=1e-9)
+
+
+@_group("sns")
+def test_jit_vmap_and_no_recompilation():
+    C, a, b = _problem()
+    solve = _solve("sns")
+    first = solve(C, a, b, 0.1)
+    compiled = solve._cache_size()
+    second = solve(C + 0.1, a, b, 0.12)
+    assert solve._cache_size() == compiled, "a second call recompiled"
+    assert bool(first.succeeded) and bool(second.succeeded)
+    eps = jnp.asarray([0.05, 0.1, 0.2])
+    batch = jax.vmap(solve, in_axes=(None, None, None, 0))(C, a, b, eps)
+    assert bool(jnp.all(batch.succeeded))
+    single = solve(C, a, b, 0.2)
+    np.testing.assert_allclose(batch.cost[2], single.cost, rtol=1e-12)
+    for x, y in zip(batch.value, single.value, strict=True):
+        np.testing.assert_allclose(x[2], y, atol=1e-12)
+    np.testing.assert_allclose(batch.plan[2], single.plan, atol=1e-14)
+
+
+@_group("sinkhorn")
+def test_optax_training_step_moves_points_to_a_target():
+    """A jitted optax step with the SNS cost as the loss: the cloud moves toward
+    the target, through the implicit gradient d cost / dx = (dC/dx)^T P."""
+    key_x, key_y = jax.random.split(jax.random.PRNGKey(5))
+    x = jax.random.normal(key_x, (16, 2))
+    target = jax.random.normal(key_y, (16, 2)) * 0.5 + jnp.asarray([3.0, -1.0])
+    weights = jnp.full(16, 1 / 16)
+
+    def loss(x):
+        C = sqeuclidean_cost(x, target)
+        sol = sinkhorn_newton_sparse(
+            C, weights, weights, epsilon=0.1, tol=1e-10, k=8, warmup_steps=10
+        )
+        return sol.cost
+
+    optimizer = optax.adam(0.1)
+
+    @jax.jit
+    def step(x, state):
+        value, grad = jax.value_and_grad(loss)(x)
+        updates, state = optimizer.update(grad, state, x)
+        return optax.apply_updates(x, updates), state, value
+
+    state = optimizer.init(x)
+    losses = []
+    for _ in range(30):
+        x, state, value = step(x, state)
+        losses.append(float(value))
+    assert losses[-1] < 0.2 * losses[0], losses
+    assert all(np.isfinite(losses))
+
+
+@_by_solver()
+def test_float32(name):
+    C, a, b = _problem()
+    solver = SOLVERS[name]
+    sol = jax.jit(lambda C, a, b: solver(C, a, b, epsilon=0.1))(
+        C.astype(jnp.float32), a.astype(jnp.float32), b.astype(jnp.float32)
+    )
+    assert bool(sol.succeeded), sol.message
+    assert sol.plan.dtype == jnp.float32 and sol.cost.dtype == jnp.float32
+    assert float(sol.residual) <= 1e-5
+    reference = _solve(name)(C, a, b, 0.1)
+    np.testing.assert_allclose(sol.plan, reference.plan, rtol=1e-3, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+
+
+@_by_solver()
+def test_bad_values_give_codes(name):
+    C, a, b = _problem()
+    cases = [
+        ((C, a, b * 1.01, 0.1), RESULTS.invalid_input),  # unequal masses
+        ((C, a.at[0].set(-0.1), b, 0.1), RESULTS.invalid_input),
+        ((C, jnp.zeros_like(a), b, 0.1), RESULTS.invalid_input),  # zero mass
+        ((C.at[0, 0].set(jnp.nan), a, b, 0.1), RESULTS.nonfinite_input),
+        ((C.at[0, 0].set(jnp.inf), a, b, 0.1), RESULTS.nonfinite_input),
+        ((C, a.at[1].set(jnp.nan), b, 0.1), RESULTS.nonfinite_input),
+        ((C, a, b, 0.0), RESULTS.invalid_input),
+        ((C, a, b, -1.0), RESULTS.invalid_input),
+        ((C, a, b, jnp.nan), RESULTS.nonfinite_input),
+    ]
+    for inputs, expected in cases:
+        sol = _solve(name)(*inputs)
+        assert sol.result == expected, (inputs, expected, sol.message)
+        assert not bool(sol.succeeded)
+
+
+@_group("sinkhorn")
+def test_throw_raises_the_message():
+    C, a, b = _problem()
+    errors = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError, ValueError)
+    solve = jax.jit(
+        lambda C, a, b, tol: sinkhorn(C, a, b, epsilon=0.1, tol=tol, max_steps=50)
+    )
+    message = re.escape("sinkhorn: " + RESULTS[RESULTS.invalid_input][:30])
+    with pytest.raises(errors, match=message):
+        jax.block_until_ready(solve(C, a, 2 * b, 1e-9).value)
+    message = re.escape(RESULTS[RESULTS.max_steps_reached][:30])
+    with pytest.raises(errors, match=message):
+        jax.block_until_ready(solve(C, a, b, 0.0).value)
+    # The check guards the cost and the plan too (not only the potentials).
+    cost = jax.jit(lambda C, b: sinkhorn(C, a, b, epsilon=0.1, max_steps=50).cost)
+    with pytest.raises(errors, match="sinkhorn: "):
+        jax.block_until_ready(cost(C, 2 * b))
+    assert bool(solve(C, a, b, 1e-6).succeeded)
+
+
+@_group("sinkhorn")
+def test_unequal_masses_are_normalised_when_asked():
+    C, a, b = _problem()
+    sol = jax.jit(lambda a: sinkhorn(C, a, b, epsilon=0.1, tol=TOL, normalize=True))(
+        3 * a
+    )
+    ref = _solve("sinkhorn")(C, a, b, 0.1)
+    np.testing.assert_allclose(sol.plan, ref.plan, atol=1e-13)
+
+
+@_group("sns")
+def test_bad_shapes_raise_at_trace_time():
+    C, a, b = _problem()
+    with pytest.raises(ValueError, match="`a` must have shape"):
+        sinkhorn(C, a[:-1], b, epsilon=0.1)
+    with pytest.raises(ValueError, match="`b` must have shape"):
+        jax.jit(lambda C, b: sinkhorn(C, a, b, epsilon=0.1).cost)(C, a)
+    with pytest.raises(ValueError, match="`C` must be"):
+        sinkhorn_newton_sparse(C[0], a, b, epsilon=0.1)
+    with pytest.raises(ValueError, match="`epsilon` must be a scalar"):
+        sinkhorn(C, a, b, epsilon=jnp.ones(2))
+    with pytest.raises(ValueError, match="`k`"):
+        sinkhorn_newton_sparse(C, a, b, epsilon=0.1, k=0)
+    with pytest.raises(ValueError, match="`init`"):
+        sinkhorn(C, a, b, epsilon=0.1, init=(a, a))
+    with pytest.raises(ValueError, match="`tol`"):
+        sinkhorn(C, a, b, epsilon=0.1, tol=-1.0)
+
+
+@_group("sns")
+def test_registered_in_the_test_matrix():
+    from jaxsolve.testing import REGISTRY
+
+    assert {"sinkhorn/log", "sinkhorn_newton_sparse"} <= set(REGISTRY)
+
+
+# ----------------------------------------------------------------------------
+# Geometry
+
+
+@_group("sns")
+def test_cost_matrices():
+    x = jnp.asarray([[0.0, 0.0], [1.0, 2.0]])
+    y = jnp.asarray([[1.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_allclose(sqeuclidean_cost(x, y), [[1, 0, 25], [4, 5, 8]])
+    np.testing.assert_allclose(l1_cost(x, y), [[1, 0, 7], [2, 3, 4]])
+    euclid = pairwise_cost(x, y, "euclidean")
+    np.testing.assert_allclose(euclid, [[1, 0, 5], [2, np.sqrt(5), np.sqrt(8)]])
+    # A zero distance has a finite (zero) gradient.
+    grad = jax.grad(lambda x: jnp.sum(pairwise_cost(x, y, "euclidean")))(x)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    with pytest.raises(ValueError, match="metric"):
+        pairwise_cost(x, y, "cosine")
+    with pytest.raises(ValueError, match="same dimension"):
+        pairwise_cost(x, y[:, :1])
+
+
+@_group("sns")
+def test_grid_cost_transports_an_image():
+    points = grid_points((3, 4))
+    assert points.shape == (12, 2)
+    np.testing.assert_allclose(points[5], [1.5 / 3, 1.5 / 4])  # pixel (1, 1)
+    C = grid_cost(6)
+    assert C.shape == (36, 36)
+    np.testing.assert_allclose(jnp.diag(C), 0)
+    # Translating a blob by one pixel costs (1/6)^2 in squared distance.
+    img = jnp.zeros((6, 6)).at[1:3, 1:3].set(1.0)
+    a = img.reshape(-1) / 4
+    b = jnp.roll(img, 1, axis=1).reshape(-1) / 4
+    solve = jax.jit(
+        lambda C, a, b: sinkhorn_newton_sparse(C, a, b, epsilon=1e-3, tol=1e-10)
+    )
+    sol = solve(C, a, b)
+    assert bool(sol.succeeded), sol.message
+    np.testing.assert_allclose(jnp.sum(C * sol.plan), (1 / 6) ** 2, rtol=1e-3)
