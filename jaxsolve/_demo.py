@@ -54,6 +54,7 @@ from .problems import (
     ridge_logistic_objective,
 )
 from .solvers.linear import bicgstab, cg, dense_solve, gmres
+from .solvers.ot import sinkhorn_newton_sparse
 
 __all__ = ["Row", "ROWS", "row", "timed", "relative_error", "run_rows", "main"]
 
@@ -424,6 +425,64 @@ def _fixed_point(repeats: int) -> dict:
         "time": seconds,
         "error": relative_error(grad, np.cos(x) / (1 + a * np.sin(x))),
         "reference": "cos(x)/(1 + a sin(x))",
+    }
+
+
+# --------------------------------------------------------------------------------
+# Optimal transport.
+
+_OT_N = 300
+
+
+def _random_assignment():
+    """The random-assignment case of Tang et al. (ICLR 2024) at n = 300:
+    ``C ~ U[0, 1]``, uniform marginals, ``eta = 1 / epsilon = 1200``."""
+    rng = np.random.default_rng(0)
+    return jnp.asarray(rng.uniform(size=(_OT_N, _OT_N)))
+
+
+@row(
+    f"Entropic OT random assignment n={_OT_N}, eta=1200",
+    "sinkhorn_newton_sparse",
+    tol=1e-9,
+)
+def _sns_random(repeats: int) -> dict:
+    C = _random_assignment()
+    solve = lambda C: sinkhorn_newton_sparse(C, epsilon=1 / 1200, tol=1e-10)  # noqa: E731
+    sol, seconds = timed(solve, C, repeats=repeats)
+    plan = np.asarray(sol.plan)
+    uniform = np.full(_OT_N, 1 / _OT_N)
+    error = np.abs(plan.sum(1) - uniform).sum() + np.abs(plan.sum(0) - uniform).sum()
+    sinkhorn_steps = int(sol.stats["sinkhorn_steps"])
+    newton_steps = int(sol.stats["newton_steps"])
+    return {
+        "iterations": sinkhorn_steps + newton_steps,
+        "time": seconds,
+        "error": float(error),
+        "reference": f"marginals, L1 ({sinkhorn_steps} Sinkhorn+{newton_steps} Newton)",
+    }
+
+
+@row(
+    f"Entropic OT n={_OT_N}, eta=1200: d cost/dC",
+    "sinkhorn_newton_sparse, grad",
+    tol=1e-8,
+)
+def _sns_envelope(repeats: int) -> dict:
+    C = _random_assignment()
+
+    def cost_and_plan(C):
+        sol = sinkhorn_newton_sparse(C, epsilon=1 / 1200, tol=1e-10)
+        return sol.cost, sol.plan
+
+    (grad, plan), seconds = timed(
+        jax.grad(cost_and_plan, has_aux=True), C, repeats=repeats
+    )
+    return {
+        "iterations": "-",
+        "time": seconds,
+        "error": relative_error(grad, plan),
+        "reference": "the plan (envelope theorem)",
     }
 
 
