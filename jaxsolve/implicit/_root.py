@@ -130,21 +130,14 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):
     x_flat, unravel = ravel_pytree(x)
     rhs, _ = ravel_pytree(d_f)
     f_x = lambda x_: f_c(x_, *args, *f_consts)  # noqa: E731
-    method, options = linear
     # Linearise once: the products with dF/dx inside the Krylov loop then reuse
-    # the stored linearisation point instead of re-evaluating F each step. CG
-    # requires dF/dx symmetric, so (dF/dx)^T v = (dF/dx) v and the reverse-mode
-    # product serves; measured faster than the forward-mode one when F is itself
-    # a gradient (reverse-over-reverse keeps fewer residuals in the loop).
-    if method == "cg":
-        _, f_x_vjp = jax.vjp(f_x, x)
-        f_x_lin = lambda v: f_x_vjp(v)[0]  # noqa: E731
-    else:
-        _, f_x_lin = jax.linearize(f_x, x)
+    # the stored linearisation point instead of re-evaluating F each step.
+    _, f_x_lin = jax.linearize(f_x, x)
 
     def matvec(v):
         return ravel_pytree(f_x_lin(unravel(v.astype(x_flat.dtype))))[0]
 
+    method, options = linear
     if isinstance(method, str) and "rtol" not in options:
         # Gradients should be as accurate as the dtype allows, not 1e-6.
         options = {**options, "rtol": float(jnp.finfo(x_flat.dtype).eps) ** 0.75}
