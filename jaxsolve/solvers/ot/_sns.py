@@ -15,8 +15,6 @@ from ._dual import (
     Problem,
     check_static_int,
     logits,
-    null_shift,
-    null_vector,
     solve_ot,
 )
 from ._sinkhorn import sinkhorn_stage
@@ -31,19 +29,19 @@ _MAX_HALVINGS = 30
 def _phi_sum(plan, log_plan, t):
     """``sum_ij P_ij (exp(t_ij) - 1 - t_ij)``, without cancellation or overflow.
 
-    ``exp(t) - 1 - t`` is a Taylor polynomial for small ``|t|`` (where
-    ``expm1(t) - t`` would lose all its digits) and ``exp(log P + t) - P (1 + t)``
-    for large ``t`` (where ``P * expm1(t)`` could be ``0 * inf``): an overflow
-    gives ``+inf``, never NaN, and so a rejected step.
+    ``exp(t) - 1 - t`` is a Taylor polynomial for small ``|t|`` (where any
+    difference would lose its digits); elsewhere the term is
+    ``exp(log P + t) - P (1 + t)``: one exponential per entry, a relative
+    rounding error below ``1e-11`` at ``|t| >= 1e-2``, and no ``0 * inf`` where
+    ``P`` underflows but ``P exp(t)`` does not. An overflow gives ``+inf``, never
+    NaN, and so a rejected step.
     """
     small = jnp.abs(t) < 1e-2
     ts = jnp.where(small, t, 0)
     taylor = ts * ts * (0.5 + ts * (1 / 6 + ts * (1 / 24 + ts * (1 / 120 + ts / 720))))
-    tm = jnp.where(small | (t > 1), 0, t)
-    moderate = jnp.expm1(tm) - tm
-    tl = jnp.where(t > 1, t, 0)
-    large = jnp.exp(log_plan + tl) - plan * (1 + tl)
-    terms = jnp.where(small, plan * taylor, jnp.where(t > 1, large, plan * moderate))
+    tl = jnp.where(small, 0, t)
+    other = jnp.exp(log_plan + tl) - plan * (1 + tl)
+    terms = jnp.where(small, plan * taylor, other)
     return jnp.sum(jnp.where(log_plan > -jnp.inf, terms, 0))
 
 
@@ -51,11 +49,8 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
     n, m = p.C.shape
     dtype = p.C.dtype
     mass = jnp.sum(p.a)
-    u = null_vector(p.a, p.b)
-    kappa = null_shift(p.a, p.b)
-    # Off the support the potentials are frozen (their gradient is 0): a unit
-    # diagonal there keeps the Newton matrix positive definite.
-    off = jnp.concatenate([p.a <= 0, p.b <= 0]).astype(dtype) * mass / max(n, m)
+    va, vb = (p.a > 0).astype(dtype), (p.b > 0).astype(dtype)  # the supports
+    unit = mass / max(n, m)  # the size of a typical row or column sum of P
     eps_dtype = float(jnp.finfo(dtype).eps)
 
     def state_at(f, g):
@@ -65,53 +60,92 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         return log_plan, grad, jnp.sum(jnp.abs(grad))
 
     def newton_direction(log_plan, grad, err):
-        r"""Solve ``(M + kappa u u^T) z = grad - u (u . grad) / |u|^2``.
+        r"""An inexact solution of the Newton system ``M z = grad``, ``z = (x, y)``.
 
-        ``M = [[diag(P 1), S], [S^T, diag(P^T 1)]]`` (``epsilon`` times the
-        negative Hessian, with ``P`` sparsified to ``S``) keeps the *exact* row
-        and column sums on its diagonal, so that ``x^T M x = sum_S S_ij (x_i +
-        y_j)^2 + sum_dropped P_ij (x_i^2 + y_j^2) >= 0``: PSD, as CG needs.
+        ``M = [[D1, S], [S^T, D2]]`` is ``epsilon`` times the negative Hessian with
+        ``P`` sparsified to ``S`` (the ``k`` largest entries of each row) but the
+        *exact* row and column sums ``D1 = P 1``, ``D2 = P^T 1`` on the diagonal,
+        so that ``z^T M z = sum_S S_ij (x_i + y_j)^2 + sum_dropped P_ij (x_i^2 +
+        y_j^2) >= 0``: positive semi-definite, as CG needs.
 
-        The null direction ``u = (1, -1)``: the dual is flat along ``u``, so a
-        component of the step along it changes nothing, but the Newton matrix is
-        (nearly) singular there. We project the right-hand side onto the
-        complement of ``u`` and add the rank-one ``kappa u u^T`` (``kappa``
-        scaled like a diagonal entry), which makes the matrix definite along
-        ``u`` without changing the step's effect on the plan.
+        CG runs on the Schur complement of the larger block: for ``n >= m``,
+        ``T y = grad_y - S^T D1^{-1} grad_x`` with ``T = D2 - S^T D1^{-1} S``,
+        then ``x = D1^{-1} (grad_x - S y)``. One product with ``T`` costs one
+        product with ``S`` and one with ``S^T``, as a product with ``M`` does, but
+        the Jacobi-scaled ``T`` has the eigenvalues ``1 - s_i^2`` where the scaled
+        ``M`` has ``1 +- s_i`` (``s_i`` the singular values of ``D1^{-1/2} S
+        D2^{-1/2}``): CG needs about half the steps, on a system of ``min(n, m)``
+        unknowns.
+
+        The null direction: ``D`` is flat along ``(1, -1)``, which ``T`` sees as
+        ``v = 1`` (on the support): ``T v = 0`` when nothing is dropped. The
+        right-hand side is projected onto the complement of ``v`` and ``kappa v
+        v^T`` is added to ``T`` (``kappa`` scaled like ``T``'s diagonal), which
+        makes it definite along ``v`` without changing the step's effect on the
+        plan (a shift along ``(1, -1)``).
         """
-        vals, idx = lax.top_k(log_plan, k)  # the k largest entries of each row
-        s = jnp.exp(vals)  # (n, k), ELL layout with column indices idx
+        # The k largest entries of each row. The selection runs in float32: XLA's
+        # CPU top-k is ~10x faster there than in float64 (a measured 6 ms against
+        # 57 ms at n = 500, k = 32), and which of two nearly equal entries is kept
+        # does not matter to a sparsified Hessian. The values are then read back
+        # in the working precision.
+        _, idx = lax.top_k(log_plan.astype(jnp.float32), k)
+        s = jnp.exp(jnp.take_along_axis(log_plan, idx, axis=1))  # (n, k) ELL values
         plan = jnp.exp(log_plan)
-        diag = jnp.concatenate([plan.sum(1), plan.sum(0)]) + off
+        # Rows (columns) off the support have no plan mass; a positive diagonal
+        # there keeps the systems definite (their gradient entries are 0).
+        d1 = jnp.where(p.a > 0, plan.sum(1), unit)
+        d2 = jnp.where(p.b > 0, plan.sum(0), unit)
+        gx, gy = grad[:n], grad[n:]
 
-        def matvec(z):
-            x, y = z[:n], z[n:]
-            sy = jnp.sum(s * y[idx], axis=1)  # S y: a gather
-            stx = jax.ops.segment_sum(  # S^T x: a scatter-add by column
+        def s_mul(y):  # S y, a gather: (m,) -> (n,)
+            return jnp.sum(s * y[idx], axis=1)
+
+        def st_mul(x):  # S^T x, a scatter-add by column: (n,) -> (m,)
+            return jax.ops.segment_sum(
                 (s * x[:, None]).reshape(-1), idx.reshape(-1), num_segments=m
             )
-            return diag * z + jnp.concatenate([sy, stx]) + kappa * u * jnp.vdot(u, z)
 
-        precond_diag = diag + kappa * u * u
-        rhs = grad - u * jnp.vdot(u, grad) / jnp.maximum(jnp.vdot(u, u), 1)
+        if n >= m:  # eliminate x, solve for y
+            dp, dq, gp, gq, a_mul, at_mul, vq = d1, d2, gx, gy, s_mul, st_mul, vb
+            t_diag = d2 - jax.ops.segment_sum(
+                (s * s / d1[:, None]).reshape(-1), idx.reshape(-1), num_segments=m
+            )
+        else:  # eliminate y, solve for x
+            dp, dq, gp, gq, a_mul, at_mul, vq = d2, d1, gy, gx, st_mul, s_mul, va
+            t_diag = d1 - jnp.sum(s * s / d2[idx], axis=1)
+        # Rounding can leave a tiny or negative diagonal where one entry carries
+        # a whole row; the Jacobi scaling uses a floor there.
+        t_diag = jnp.maximum(t_diag, eps_dtype * dq)
+        kappa = jnp.vdot(vq, t_diag) / jnp.maximum(jnp.vdot(vq, vq), 1) ** 2
+
+        def schur(q):
+            return dq * q - at_mul(a_mul(q) / dp) + kappa * vq * jnp.vdot(vq, q)
+
+        h = gq - at_mul(gp / dp)
+        h = h - vq * jnp.vdot(vq, h) / jnp.maximum(jnp.vdot(vq, vq), 1)
         if cg_rtol is None:
-            # Inexact Newton with forcing term ~ the relative marginal error:
-            # quadratic convergence without oversolving far from the optimum.
-            rtol = jnp.clip(err / mass, 100 * eps_dtype, 0.1)
+            # Inexact Newton with the forcing term sqrt(relative marginal error):
+            # superlinear convergence, without oversolving the early steps.
+            rtol = jnp.clip(jnp.sqrt(err / mass), 100 * eps_dtype, 0.1)
         else:
             rtol = cg_rtol
+        precond = t_diag + kappa * vq * vq
         sol = cg(
-            matvec,
-            rhs,
+            schur,
+            h,
             rtol=rtol,
             max_steps=cg_max_steps,
-            preconditioner=lambda v: v / precond_diag,
+            preconditioner=lambda v: v / precond,
             throw=False,
         )
-        z = sol.value
-        # CG iterates from 0 are ascent directions even when stopped early; only
-        # a non-finite one (a breakdown) is replaced, by a preconditioned gradient.
-        fallback = rhs / precond_diag
+        q = sol.value
+        pvec = (gp - a_mul(q)) / dp
+        z = jnp.concatenate([pvec, q]) if n >= m else jnp.concatenate([q, pvec])
+        # A CG iterate stopped early is still an ascent direction in practice;
+        # a non-finite one or one that is not (a breakdown) is replaced by the
+        # Jacobi-scaled gradient.
+        fallback = grad / jnp.concatenate([d1, d2])
         good = jnp.all(jnp.isfinite(z)) & (jnp.vdot(grad, z) > 0)
         return jnp.where(good, z, fallback), sol.num_steps
 
@@ -207,8 +241,9 @@ def sinkhorn_newton_sparse(
        sparsified Hessian, in an ``(n, k)`` ELL layout: ``P x`` by a gather,
        ``P^T y`` by a segment sum), with the exact row and column sums on the
        diagonal so that it stays positive semi-definite; solve the Newton system
-       matrix-free by :func:`jaxsolve.cg` (Jacobi-preconditioned, inexact); take
-       a backtracking (Armijo) line search on ``D``; stop when
+       matrix-free by :func:`jaxsolve.cg` on its Schur complement (the smaller
+       of the two potentials; Jacobi-preconditioned, inexact); take a
+       backtracking (Armijo) line search on ``D``; stop when
        ``||P 1 - a||_1 + ||P^T 1 - b||_1 <= tol``.
 
     Each Newton step costs ``O(n m)`` like a Sinkhorn step (forming ``P``, the
@@ -235,8 +270,10 @@ def sinkhorn_newton_sparse(
             linear rate. At ``eta = 1200``: ``k = 10`` suffices for the random
             assignment (near-permutation plan), 2-D point clouds want ``k >= 20``.
         cg_rtol: relative tolerance of each CG solve; default adaptive,
-            ``min(0.1, error / mass)`` (inexact Newton, quadratic convergence).
-        cg_max_steps: cap on CG steps per Newton step (static; default ``n + m``).
+            ``min(0.1, sqrt(error / mass))`` (inexact Newton with a forcing term
+            that gives superlinear convergence).
+        cg_max_steps: cap on CG steps per Newton step (static; default
+            ``n + m``; a capped solve still gives an ascent direction).
         init, normalize, throw, implicit_solve_options: as in :func:`sinkhorn`.
 
     Returns:
