@@ -194,6 +194,47 @@ def test_jaxopt_solve_function_and_decorator_are_interchangeable():
     np.testing.assert_allclose(f(ours), f(theirs), rtol=1e-7)
 
 
+def test_preconditioner_built_at_the_solution():
+    """``preconditioner(x, *args)`` is built at the solution and used by the
+    derivative solves: a Jacobi one gives the closed-form derivatives (all
+    transforms), and one that returns NaN makes the derivative solve fail
+    loudly (so it is really applied)."""
+    calls = []
+
+    def jacobi(w, lam, X, y):
+        calls.append(w.shape)
+        diag = jnp.sum(X * X, axis=0) + lam
+        return lambda v: v / diag
+
+    ridge = custom_root(ridge_condition, solve="cg", preconditioner=jacobi)
+    ridge = ridge(gradient_descent)
+    f = lambda lam: jnp.sum(jnp.sin(ridge(W0, lam, X, Y)))  # noqa: E731
+    g = lambda lam: jnp.sum(jnp.sin(ridge_closed_form(lam, X, Y)))  # noqa: E731
+    np.testing.assert_allclose(jax.grad(f)(0.7), jax.grad(g)(0.7), rtol=1e-8)
+    np.testing.assert_allclose(
+        jax.jvp(f, (0.7,), (1.0,))[1], jax.jvp(g, (0.7,), (1.0,))[1], rtol=1e-8
+    )
+    np.testing.assert_allclose(jax.hessian(f)(0.7), jax.hessian(g)(0.7), rtol=1e-6)
+    assert calls and all(shape == (D,) for shape in calls)
+
+    poisoned = custom_root(
+        ridge_condition, solve="cg", preconditioner=lambda w, *a: lambda v: v * jnp.nan
+    )(gradient_descent)
+    with pytest.raises(Exception, match="cg: "):
+        jax.block_until_ready(
+            jax.grad(lambda lam: jnp.sum(poisoned(W0, lam, X, Y)))(0.7)
+        )
+    with pytest.raises(ValueError, match="`preconditioner` needs an iterative"):
+        custom_root(ridge_condition, solve="dense", preconditioner=jacobi)
+    with pytest.raises(ValueError, match="not both"):
+        custom_root(
+            ridge_condition,
+            solve="cg",
+            preconditioner=jacobi,
+            solve_options={"preconditioner": lambda v: v},
+        )
+
+
 def test_errors():
     with pytest.raises(ValueError, match="same structure and shapes"):
         custom_root(lambda w, lam: w[:2])(lambda init, lam: init)(jnp.ones(3), 1.0)

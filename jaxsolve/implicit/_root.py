@@ -65,7 +65,9 @@ def _check_square(f_out, x):
         )
 
 
-def _implicit_solution(solver, optimality_fn, has_aux, linear, init, args):
+def _implicit_solution(
+    solver, optimality_fn, has_aux, linear, preconditioner, init, args
+):
     # Arrays that `solver` or `optimality_fn` close over become explicit inputs
     # (closure conversion): a custom_jvp cannot see closed-over tracers, and this
     # way the ones in `optimality_fn` receive their gradients through the rule.
@@ -95,7 +97,7 @@ def _implicit_solution(solver, optimality_fn, has_aux, linear, init, args):
         if d_f is None:
             dx = jax.tree_util.tree_map(jnp.zeros_like, x)
         else:
-            dx = _solve_dfdx(f_c, x, args, f_consts, d_f, linear)
+            dx = _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner)
         if has_aux:
             return out, (dx, jax.tree_util.tree_map(_zero_tangent, out[1]))
         return out, dx
@@ -125,7 +127,7 @@ def _jvp_of_active_inputs(fn, primals, tangents):
     )[1]
 
 
-def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):
+def _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner):
     """``u`` with ``(dF/dx) u = -d_f``, as flat vectors (pytrees are raveled)."""
     x_flat, unravel = ravel_pytree(x)
     rhs, _ = ravel_pytree(d_f)
@@ -138,6 +140,16 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):
         return ravel_pytree(f_x_lin(unravel(v.astype(x_flat.dtype))))[0]
 
     method, options = linear
+    if preconditioner is not None:
+        # Built at the solution; it steers the Krylov method, not the answer, so
+        # it is not differentiated (stop_gradient keeps it out of higher orders).
+        x_fixed, args_fixed = jax.lax.stop_gradient((x, args))
+        apply = preconditioner(x_fixed, *args_fixed)
+
+        def precondition(v):
+            return ravel_pytree(apply(unravel(v.astype(x_flat.dtype))))[0]
+
+        options = {**options, "preconditioner": precondition}
     if isinstance(method, str) and "rtol" not in options:
         # Gradients should be as accurate as the dtype allows, not 1e-6.
         options = {**options, "rtol": float(jnp.finfo(x_flat.dtype).eps) ** 0.75}
@@ -149,9 +161,24 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear):
     return unravel(u.value)
 
 
-def _linear_options(solve, ridge, solve_options):
+def _linear_options(solve, ridge, solve_options, preconditioner=None):
     if not (callable(solve) or isinstance(solve, str)):
         raise ValueError(f"`solve` must be a method name or a function, got {solve!r}")
+    if preconditioner is not None:
+        if not callable(preconditioner):
+            raise ValueError(
+                f"`preconditioner` must be a function, got {preconditioner!r}"
+            )
+        if not isinstance(solve, str) or solve == "dense":
+            raise ValueError(
+                "`preconditioner` needs an iterative `solve` ('cg', 'gmres' or "
+                f"'bicgstab'), got {solve!r}"
+            )
+        if "preconditioner" in (solve_options or {}):
+            raise ValueError(
+                "give the preconditioner either as `preconditioner` or in "
+                "`solve_options`, not both"
+            )
     options = dict(solve_options or {})
     if ridge:
         options["ridge"] = ridge
@@ -166,6 +193,7 @@ def custom_root(
     *,
     ridge: float = 0.0,
     solve_options: dict | None = None,
+    preconditioner: Callable | None = None,
 ):
     r"""Decorator: differentiate a root-finding solver implicitly.
 
@@ -192,6 +220,11 @@ def custom_root(
         solve_options: options for the linear solver (``rtol``, ``atol``,
             ``max_steps``, ``preconditioner``, ...). Default ``rtol`` is
             ``eps ** 0.75`` of the solution's dtype (about 2e-12 in float64).
+        preconditioner: ``preconditioner(x, *args) -> (v -> M^{-1} v)``, built at
+            the solution ``x`` for the derivative solves, with ``M ~ dF/dx`` (SPD
+            for ``"cg"``) and ``v`` shaped like ``x``; for systems whose
+            conditioning depends on the solution (a fixed preconditioner goes in
+            ``solve_options``). Not differentiated; positional ``args`` only.
 
     Gradients with respect to closed-over arrays: arrays that ``optimality_fn``
     closes over receive gradients, as if they were arguments. Arrays that only the
@@ -210,14 +243,14 @@ def custom_root(
         jax.grad(lambda lam: loss(ridge(w0, lam)))(1.0)
     """
     signature = inspect.signature(reference_signature or optimality_fn)
-    linear = _linear_options(solve, ridge, solve_options)
+    linear = _linear_options(solve, ridge, solve_options, preconditioner)
 
     def decorator(solver: Callable) -> Callable:
         @functools.wraps(solver)
         def wrapped(init, *args, **kwargs):
             args = _bind(signature, args, kwargs)
             return _implicit_solution(
-                solver, optimality_fn, has_aux, linear, init, args
+                solver, optimality_fn, has_aux, linear, preconditioner, init, args
             )
 
         return wrapped
@@ -233,6 +266,7 @@ def custom_fixed_point(
     *,
     ridge: float = 0.0,
     solve_options: dict | None = None,
+    preconditioner: Callable | None = None,
 ):
     r"""Decorator: differentiate a fixed-point solver implicitly.
 
@@ -256,4 +290,5 @@ def custom_fixed_point(
         reference_signature=reference_signature or fixed_point_fn,
         ridge=ridge,
         solve_options=solve_options,
+        preconditioner=preconditioner,
     )

@@ -136,51 +136,77 @@ def gauge(f, g, a, b):
     return jnp.where(ma, f + s, 0), jnp.where(mb, g - s, 0)
 
 
-def null_vector(a, b):
-    """``u = (1, -1)`` on the support: the direction along which ``D`` is flat."""
-    return jnp.concatenate([(a > 0).astype(a.dtype), -(b > 0).astype(a.dtype)])
+def row_potential(g, C, a, epsilon):
+    """The ``f`` that makes the row marginals exact given ``g`` (a Sinkhorn
+    half-step): ``f_i = epsilon (log a_i - LSE_j((g_j - C_ij) / epsilon - 1))``
+    on the support of ``a``, 0 off it. (Columns off the support of ``b`` carry
+    ``g_j = -inf`` here.)"""
+    z = (g[None, :] - C) / epsilon - 1
+    lse = jax.nn.logsumexp(z, axis=1)
+    ok = a > 0
+    return jnp.where(ok, epsilon * (jnp.log(jnp.where(ok, a, 1)) - lse), 0)
 
 
-def null_shift(a, b):
-    """``kappa`` such that ``kappa u u^T`` has the eigenvalue ``sum(a)/max(n, m)``,
-    the size of a typical diagonal entry ``(P 1)_i`` of the (epsilon-scaled)
-    Hessian: added to the Hessian, it fixes the gauge without hurting its
-    conditioning."""
-    n, m = a.shape[0], b.shape[0]
-    return jnp.sum(a) / ((n + m) * max(n, m))
+def _masked_g(g, b):
+    return jnp.where(b > 0, g, -jnp.inf)
+
+
+def _column_scale(b):
+    """A typical column sum of the plan, ``sum(b) / m``: the scale of the
+    identity off the support and of the rank-one gauge term."""
+    return jnp.sum(b) / b.shape[0]
+
+
+def _optimality(g, C, a, b, epsilon):
+    r"""``F(g) = 0`` at the optimum, in the column potentials alone.
+
+    With ``f = f(g)`` the row update (:func:`row_potential`, rows exact),
+    ``F(g) = P^T 1 - b + kappa v (v . g) / epsilon``, ``v`` the indicator of the
+    support of ``b``, plus ``s g / epsilon`` off that support (frozen entries).
+    Its Jacobian is ``epsilon^{-1}`` times the Schur complement of the dual's
+    negative Hessian plus the rank-one term,
+
+        dF/dg = (D2 - P^T D1^{-1} P + kappa v v^T) / epsilon,
+        D1 = P 1 (= a),  D2 = P^T 1,
+
+    symmetric and positive definite: the Schur complement of a PSD matrix is PSD,
+    its null space is ``v`` alone (the plan has a connected support), and the
+    rank-one term is positive along ``v``. Taking ``v . F = 0`` with ``sum P =
+    sum a = sum b`` gives ``v . g = 0``: the root is the optimum in the gauge
+    ``sum g = 0``. So CG solves the implicit systems, with no ridge to bias the
+    derivatives, on ``m`` unknowns instead of ``n + m`` and with about half the
+    steps (the Jacobi-scaled spectrum is ``1 - s_i^2`` instead of ``1 +- s_i``);
+    :func:`_preconditioner` scales it by its diagonal.
+    """
+    f = row_potential(_masked_g(g, b), C, a, epsilon)
+    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
+    v = (b > 0).astype(g.dtype)
+    kappa = _column_scale(b) / jnp.maximum(jnp.sum(v), 1)
+    residual = plan.sum(0) - b + kappa * v * jnp.vdot(v, g) / epsilon
+    return residual + jnp.where(b > 0, 0, _column_scale(b) * g / epsilon)
+
+
+def _preconditioner(g, C, a, b, epsilon):
+    """Jacobi for :func:`_optimality`'s Jacobian at the solution:
+    ``diag(D2 - P^T D1^{-1} P) + kappa v^2``, over ``epsilon``."""
+    f = row_potential(_masked_g(g, b), C, a, epsilon)
+    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
+    d1 = plan.sum(1)
+    d1 = jnp.where(d1 > 0, d1, 1)
+    d2 = plan.sum(0)
+    v = (b > 0).astype(g.dtype)
+    kappa = _column_scale(b) / jnp.maximum(jnp.sum(v), 1)
+    schur = d2 - jnp.sum(plan * plan / d1[:, None], axis=0)
+    # Rounding can leave a tiny or negative diagonal where one entry carries a
+    # whole column: floor it.
+    schur = jnp.maximum(schur, jnp.finfo(g.dtype).eps * d2)
+    diag = jnp.where(b > 0, schur + kappa * v, _column_scale(b)) / epsilon
+    return lambda w: w / diag
 
 
 def marginal_error(plan, a, b):
     """``||P 1 - a||_1 + ||P^T 1 - b||_1``."""
     return jnp.sum(jnp.abs(plan.sum(1) - a)) + jnp.sum(jnp.abs(plan.sum(0) - b))
-
-
-def _optimality(z, C, a, b, epsilon):
-    """``F(f, g) = 0`` at the gauge-fixed optimum: the dual gradient (up to sign)
-    plus ``kappa u (u . z) / epsilon`` (``u = (1, -1)``), plus the identity off the
-    support.
-
-    ``dF/dz = -hess D + kappa u u^T / epsilon`` is symmetric positive definite:
-    ``-hess D`` is PSD with null space ``u`` alone (the plan has a connected
-    support), and the rank-one term is positive along ``u``. Taking the inner
-    product of ``F = 0`` with ``u`` (``u . grad D = sum a - sum b = 0``) gives
-    ``u . z = 0``: the root is the optimum in the gauge ``sum f = sum g`` that
-    the solvers return. So CG solves the implicit systems, with no ridge that
-    would bias the derivatives.
-    """
-    f, g = z
-    ma, mb = a > 0, b > 0
-    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
-    u = null_vector(a, b)
-    ud = jnp.vdot(u, jnp.concatenate([f, g]))
-    kappa = null_shift(a, b)
-    off_f = jnp.sum(a) / a.shape[0]
-    off_g = jnp.sum(b) / b.shape[0]
-    ff = plan.sum(1) - a + kappa * u[: a.shape[0]] * ud / epsilon
-    fg = plan.sum(0) - b + kappa * u[a.shape[0] :] * ud / epsilon
-    ff = ff + jnp.where(ma, 0, off_f * f / epsilon)
-    fg = fg + jnp.where(mb, 0, off_g * g / epsilon)
-    return ff, fg
 
 
 @jax.custom_jvp
@@ -262,21 +288,31 @@ def solve_ot(
             )
     tol_arr, input_code = problem.tol, problem.result
 
-    def solver(z0, C, a, b, epsilon):
+    def solver(g0, C, a, b, epsilon):
         p = problem._replace(C=C, a=a, b=b, epsilon=epsilon)
-        f, g, err, stalled, stats = inner(p, *z0)
-        f, g = gauge(f, g, a, b)
-        return (f, g), (err, stalled, stats)
+        f, g, err, stalled, stats = inner(p, f0, g0)
+        # The root of `_optimality`: gauge sum g = 0 (the plan is unchanged).
+        support = b > 0
+        shift = jnp.sum(jnp.where(support, g, 0)) / jnp.maximum(jnp.sum(support), 1)
+        g = jnp.where(support, g - shift, 0)
+        return g, (err, stalled, stats)
 
-    options = {"max_steps": 20 * (n + m), **(implicit_solve_options or {})}
-    root = custom_root(_optimality, has_aux=True, solve="cg", solve_options=options)
-    (f, g), (loop_err, stalled, stats) = root(solver)(
-        (f0, g0), problem.C, problem.a, problem.b, problem.epsilon
+    options = {"max_steps": 20 * m, **(implicit_solve_options or {})}
+    root = custom_root(
+        _optimality,
+        has_aux=True,
+        solve="cg",
+        solve_options=options,
+        preconditioner=_preconditioner,
     )
-
-    plan = jnp.exp(logits(f, g, problem.C, problem.epsilon, problem.a, problem.b))
-    cost = dual_cost(f, g, problem.C, problem.a, problem.b, problem.epsilon)
-    err = lax.stop_gradient(marginal_error(plan, problem.a, problem.b))
+    C, a, b, epsilon = problem.C, problem.a, problem.b, problem.epsilon
+    g, (loop_err, stalled, stats) = root(solver)(g0, C, a, b, epsilon)
+    # f from g (one row update, differentiable), then the reported gauge.
+    f = row_potential(_masked_g(g, b), C, a, epsilon)
+    f, g = gauge(f, g, a, b)
+    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
+    cost = dual_cost(f, g, C, a, b, epsilon)
+    err = lax.stop_gradient(marginal_error(plan, a, b))
     result = _finish_code(input_code, loop_err, tol_arr, stalled)
     stats = {**stats, "marginal_error": err}
     num_steps = sum(stats[k] for k in ("sinkhorn_steps", "newton_steps"))
