@@ -375,6 +375,26 @@ def test_float32(name):
     np.testing.assert_allclose(sol.plan, reference.plan, rtol=1e-3, atol=1e-6)
 
 
+@_group("sns")
+def test_float32_at_eta_1200():
+    """float32 in the log domain at the paper's eta = 1200 (the documented float32
+    range is eta max|C| <~ 1e4): SNS reaches the float32 default tolerance, and
+    its plan agrees with the float64 one."""
+    n = 120
+    C = jax.random.uniform(jax.random.PRNGKey(7), (n, n), jnp.float64)
+    a = jnp.full(n, 1.0 / n)
+    solve = jax.jit(
+        lambda C, a: sinkhorn_newton_sparse(C, a, a, epsilon=1 / 1200, throw=False)
+    )
+    single = solve(C.astype(jnp.float32), a.astype(jnp.float32))
+    double = solve(C, a)
+    assert bool(single.succeeded), single.message
+    assert single.plan.dtype == jnp.float32
+    assert float(single.residual) <= 2e-5
+    assert bool(jnp.all(jnp.isfinite(single.plan)))
+    np.testing.assert_allclose(single.plan, double.plan, atol=1e-4 / n)
+
+
 # ----------------------------------------------------------------------------
 # Bad input
 
