@@ -295,7 +295,8 @@ def solve_ot(
         support = b > 0
         shift = jnp.sum(jnp.where(support, g, 0)) / jnp.maximum(jnp.sum(support), 1)
         g = jnp.where(support, g - shift, 0)
-        return g, (err, stalled, stats)
+        f = jnp.where(a > 0, f + shift, 0)
+        return g, (f, err, stalled, stats)
 
     options = {"max_steps": 20 * m, **(implicit_solve_options or {})}
     root = custom_root(
@@ -306,9 +307,12 @@ def solve_ot(
         preconditioner=_preconditioner,
     )
     C, a, b, epsilon = problem.C, problem.a, problem.b, problem.epsilon
-    g, (loop_err, stalled, stats) = root(solver)(g0, C, a, b, epsilon)
-    # f from g (one row update, differentiable), then the reported gauge.
-    f = row_potential(_masked_g(g, b), C, a, epsilon)
+    g, (f_loop, loop_err, stalled, stats) = root(solver)(g0, C, a, b, epsilon)
+    # f is the loop's (so the plan is the one whose marginal error the loop
+    # measured), with the derivative of the row update f(g): at the solution the
+    # two agree to the tolerance, and f(g) is what the optimality condition uses.
+    f_of_g = row_potential(_masked_g(g, b), C, a, epsilon)
+    f = f_loop + (f_of_g - lax.stop_gradient(f_of_g))
     f, g = gauge(f, g, a, b)
     plan = jnp.exp(logits(f, g, C, epsilon, a, b))
     cost = dual_cost(f, g, C, a, b, epsilon)
