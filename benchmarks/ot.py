@@ -5,18 +5,40 @@ Problem (float64)::
 
     min_{P 1 = a, P^T 1 = b}  <C, P> + epsilon sum_ij P_ij log P_ij,   eta = 1 / epsilon
 
-Cases:
+Cases (``eta = --eta``, default 1200, for all of them):
 
 * ``random``: the random-assignment case of Tang et al. (ICLR 2024, Table 1):
-  ``n = 500``, ``C_ij ~ U[0, 1]``, uniform marginals, ``eta = 1200`` (the paper:
+  ``n = --n`` (default 500), ``C_ij ~ U[0, 1]``, uniform marginals (the paper:
   SNS 20 + 9 iterations, Sinkhorn 56,199).
-* ``points``: two 2-D point clouds (``n = m = 500``; uniform on the unit square and
-  a Gaussian blob), squared Euclidean cost, uniform marginals, ``eta = 1200``.
+* ``digits-l2``, ``digits-l1``: the paper's MNIST cases, with scikit-learn's bundled
+  ``load_digits`` in place of MNIST (which cannot be downloaded here): the first
+  ``0`` and the first ``1`` of the set (8x8, grey levels 0..16), each upsampled to
+  28x28 by bilinear interpolation (``scipy.ndimage.zoom(img, 3.5, order=1)``,
+  corner-aligned, clipped at 0), so ``n = m = 784``. The marginals are the images
+  plus a floor of ``--floor`` (default ``1e-6``) times the image's largest pixel,
+  normalised to mass 1, the same marginals for every method: regot returns a NaN
+  plan when a marginal has zero entries (jaxsolve, ott-jax and POT return finite
+  plans; ``--floor 0`` keeps the zeros). The cost is the squared Euclidean
+  (``l2``) or L1 (``l1``) distance between the pixel centres in the unit square
+  (:func:`jaxsolve.solvers.ot.grid_cost`). The paper: SNS 20 + 33 and Sinkhorn
+  2,041 iterations for L2; SNS 700 + 77 and Sinkhorn 5,748 for L1, whose warm-up
+  ``N1 = 700`` this case uses too.
+* ``points``, ``points-N``: two 2-D point clouds (uniform on the unit square and a
+  Gaussian blob, ``n = m = --n``, or ``N`` for ``points-N``), squared Euclidean
+  cost, uniform marginals. The default list has ``points-2000`` and
+  ``points-5000`` (whose dense cost matrix alone is 200 MB in float64). SNS keeps
+  ``k = max(32, n // 25)`` entries per row here (32, 80, 200 at ``n = 500, 2000,
+  5000``): a fixed ``k = 32`` stalls at ``n = 5000`` (200 Newton steps, error
+  1e-4), since the number of points a row of the plan spreads over grows with
+  ``n``.
 
 Methods:
 
-* ``jaxsolve-sns``: :func:`jaxsolve.solvers.ot.sinkhorn_newton_sparse` (20 Sinkhorn
-  steps, then sparse Newton with ``--k`` entries per row, default 32), jitted.
+* ``jaxsolve-sns``: :func:`jaxsolve.solvers.ot.sinkhorn_newton_sparse` (a
+  per-case number of Sinkhorn warm-up steps, 20, or 700 for ``digits-l1``, then at
+  most ``--max-newton-steps`` sparse Newton steps with a per-case ``k`` entries per
+  row, 32 except on the large point clouds; ``--warmup`` and ``--k`` override them for
+  every case), jitted.
 * ``jaxsolve-sinkhorn``: :func:`jaxsolve.solvers.ot.sinkhorn`, jitted.
 * ``ott-sinkhorn``: ``ott.solvers.linear.sinkhorn.Sinkhorn`` (log domain, marginal
   error tested every 10 iterations), jitted.
@@ -26,27 +48,43 @@ Methods:
 
 Every method is asked for the same tolerance ``--tol`` in its own stopping rule and
 capped at ``--max-steps`` iterations (``--pot-max-steps`` for POT, whose NumPy
-iterations are slow); a capped method is marked ``no`` in ``conv``.
+iterations are slow); a capped method is marked ``no`` in ``conv``. Without these
+options the caps are per case: for ``n <= 1000``, 20,000 (1,000 for POT); for
+larger ``n``, smaller ones that keep each call to a minute or two on 2 CPU cores:
+for ``1000 < n <= 3000`` (``points-2000``) 2,000 for the jitted Sinkhorns and 100
+for POT, and for ``n > 3000`` (``points-5000``) 100 for the jitted Sinkhorns, with
+POT, at several seconds per iteration, skipped (the reason is printed); regot's
+Newton methods are capped at 1,000 iterations there. So on ``points-5000`` the
+Sinkhorn rows are capped, not converged: their ``iters`` and ``wall s`` show the
+cost per iteration, not the iteration count Sinkhorn needs. Giving ``--max-steps``
+/ ``--pot-max-steps`` sets the caps for every case and method (the latter also
+runs POT on ``points-5000``).
 
-Columns: ``iters`` (the method's own count; for SNS, Sinkhorn + Newton steps, with
-the CG steps in ``note``), ``wall s`` (the median of ``--repeats`` timed calls after
-a warm-up call, so jitted methods are timed without compilation; a method whose
-first call takes longer than 5 s is timed once), ``conv`` (the method's own verdict,
-and a finite plan), ``err`` (the marginal error
-``||P 1 - a||_1 + ||P^T 1 - b||_1`` of the returned plan, recomputed here in the same
-way for every method), ``|dP|`` (max-abs difference of the plan from SNS's).
+Columns: ``n``, ``iters`` (the method's own count; for SNS, Sinkhorn + Newton
+steps, with the CG steps in ``note``), ``wall s`` (jitted methods are compiled
+ahead of time, so compilation is excluded; a first call that takes longer than 5 s
+is the one sample, otherwise the median of ``--repeats`` calls after that warm-up
+call), ``err`` (the marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` of the
+returned plan, recomputed here in the same way for every method), ``|dP|``
+(max-abs difference of the plan from that of the first method in the list that
+converged, SNS unless it failed; ``-`` if none did), ``conv`` (the method's own
+verdict, and a finite plan).
 
-Usage: ``python benchmarks/ot.py [--cases random points] [--methods ...]``. Needs
-``pip install ott-jax pot regot`` (a method whose package is missing is skipped).
+Usage: ``python benchmarks/ot.py [--cases random digits-l2 ...] [--methods ...]``
+(the defaults: every case above but ``points``, every method: about 15 minutes on
+2 CPU cores). Needs ``pip install ott-jax pot regot scikit-learn scipy`` (a method
+whose package is missing is skipped; the digits cases need scikit-learn and SciPy).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +96,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 from jaxsolve.solvers.ot import (  # noqa: E402
+    grid_cost,
     sinkhorn,
     sinkhorn_newton_sparse,
     sqeuclidean_cost,
@@ -71,21 +110,74 @@ METHODS = (
     "regot-ssns",
     "regot-newton",
 )
+CASES = ("random", "digits-l2", "digits-l1", "points-2000", "points-5000")
+MAX_STEPS, POT_MAX_STEPS = 20_000, 1_000  # the caps up to n = 1000
 
 
-def make_case(name: str, n: int):
+@dataclasses.dataclass
+class Case:
+    C: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    warmup: int = 20  # SNS Sinkhorn warm-up steps
+    k: int = 32  # SNS entries per row
+    max_steps: int = MAX_STEPS  # jaxsolve-sinkhorn, ott-sinkhorn
+    pot_max_steps: int = POT_MAX_STEPS
+    regot_max_steps: int = MAX_STEPS
+    skip: dict = dataclasses.field(default_factory=dict)  # method -> reason
+
+
+def _digit_marginal(image, floor):
+    """An 8x8 ``load_digits`` image as a density on the 28x28 grid."""
+    from scipy.ndimage import zoom
+
+    img = np.clip(zoom(np.asarray(image, np.float64), 28 / 8, order=1), 0, None)
+    assert img.shape == (28, 28)
+    img = img + floor * img.max()
+    return (img / img.sum()).reshape(-1)
+
+
+def make_case(name: str, n: int, floor: float) -> Case:
     key = jax.random.PRNGKey(0)
     if name == "random":
         C = jax.random.uniform(key, (n, n), jnp.float64)
-    elif name == "points":
+        a = np.full(n, 1.0 / n)
+        return Case(np.asarray(C), a, a)
+    if name in ("digits-l2", "digits-l1"):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        zero = np.flatnonzero(digits.target == 0)[0]
+        one = np.flatnonzero(digits.target == 1)[0]
+        a = _digit_marginal(digits.images[zero], floor)
+        b = _digit_marginal(digits.images[one], floor)
+        metric = "sqeuclidean" if name == "digits-l2" else "l1"
+        C = np.asarray(grid_cost((28, 28), metric, jnp.float64))
+        return Case(C, a, b, warmup=700 if metric == "l1" else 20)
+    if name == "points" or name.startswith("points-"):
+        if name != "points":
+            try:
+                n = int(name.removeprefix("points-"))
+            except ValueError:
+                raise ValueError(f"unknown case {name!r}") from None
         kx, ky = jax.random.split(key)
         x = jax.random.uniform(kx, (n, 2), jnp.float64)
         y = 0.5 + 0.15 * jax.random.normal(ky, (n, 2), jnp.float64)
-        C = sqeuclidean_cost(x, y)
-    else:
-        raise ValueError(f"unknown case {name!r}")
-    a = jnp.full(n, 1.0 / n)
-    return np.asarray(C), np.asarray(a), np.asarray(a)
+        a = np.full(n, 1.0 / n)
+        # The plan's rows spread over the points within ~sqrt(epsilon), whose
+        # number grows like n: k = 32 at n = 500, 80 at 2000, 200 at 5000.
+        k = max(32, n // 25)
+        case = Case(np.asarray(sqeuclidean_cost(x, y)), a, a, k=k)
+        if n > 3000:
+            case.max_steps, case.pot_max_steps, case.regot_max_steps = 100, 0, 1_000
+            case.skip["pot-sinkhorn_log"] = (
+                f"POT's NumPy sinkhorn_log takes seconds per iteration at n = {n}; "
+                "give --pot-max-steps to run it"
+            )
+        elif n > 1000:
+            case.max_steps, case.pot_max_steps, case.regot_max_steps = 2_000, 100, 1_000
+        return case
+    raise ValueError(f"unknown case {name!r}")
 
 
 def marginal_error(P, a, b):
@@ -94,30 +186,43 @@ def marginal_error(P, a, b):
 
 
 def _jax_method(fn):
-    """``fn(C, a, b) -> (plan, iters, converged, note)`` jitted, on device arrays."""
-    compiled = jax.jit(fn)
+    """``prepare(C, a, b) -> call``: ``fn(C, a, b) -> (plan, iters, conv, note)``
+    compiled ahead of time for these arrays, so that no call compiles."""
 
-    def run(C, a, b):
-        out = jax.block_until_ready(compiled(C, a, b))
-        plan, iters, converged, note = out
-        return np.asarray(plan), int(iters), bool(converged), note
+    def prepare(C, a, b):
+        args = tuple(jnp.asarray(x) for x in (C, a, b))
+        compiled = jax.jit(fn).lower(*args).compile()
 
-    return run, lambda C, a, b: tuple(jnp.asarray(x) for x in (C, a, b))
+        def call():
+            plan, iters, converged, note = jax.block_until_ready(compiled(*args))
+            return np.asarray(plan), int(iters), bool(converged), note
+
+        return call
+
+    return prepare
 
 
-def build(method, eps, tol, max_steps, pot_max_steps, k):
-    """``(run, convert)``: ``run(*convert(C, a, b)) -> (plan, iters, conv, note)``."""
+def build(method, eps, tol, case, max_newton_steps):
+    """``prepare(C, a, b) -> call``, ``call() -> (plan, iters, conv, note)``."""
+    max_steps, pot_max_steps = case.max_steps, case.pot_max_steps
     if method == "jaxsolve-sns":
 
         def fn(C, a, b):
             sol = sinkhorn_newton_sparse(
-                C, a, b, epsilon=eps, tol=tol, k=k, max_newton_steps=200, throw=False
+                C,
+                a,
+                b,
+                epsilon=eps,
+                tol=tol,
+                warmup_steps=case.warmup,
+                k=case.k,
+                max_newton_steps=max_newton_steps,
+                throw=False,
             )
             note = sol.stats["cg_steps"]
             return sol.plan, sol.num_steps, sol.succeeded, note
 
-        run, convert = _jax_method(fn)
-        return (lambda *x: _note(run(*x), "CG steps {}")), convert
+        return _with_note(_jax_method(fn), "CG steps {}")
     if method == "jaxsolve-sinkhorn":
 
         def fn(C, a, b):
@@ -126,8 +231,7 @@ def build(method, eps, tol, max_steps, pot_max_steps, k):
             )
             return sol.plan, sol.num_steps, sol.succeeded, 0
 
-        run, convert = _jax_method(fn)
-        return (lambda *x: _note(run(*x), "")), convert
+        return _with_note(_jax_method(fn), "")
     if method == "ott-sinkhorn":
         from ott.geometry import geometry
         from ott.problems.linear import linear_problem
@@ -142,105 +246,163 @@ def build(method, eps, tol, max_steps, pot_max_steps, k):
             out = solver(linear_problem.LinearProblem(geom, a, b))
             return out.matrix, out.n_iters, out.converged, 0
 
-        run, convert = _jax_method(fn)
-        return (lambda *x: _note(run(*x), "")), convert
+        return _with_note(_jax_method(fn), "")
     if method == "pot-sinkhorn_log":
         import ot
 
-        def run(C, a, b):
-            P, log = ot.sinkhorn(
-                a,
-                b,
-                C,
-                eps,
-                method="sinkhorn_log",
-                stopThr=tol,
-                numItermax=pot_max_steps,
-                log=True,
-            )
-            iters = int(log["niter"])
-            return P, iters, iters < pot_max_steps - 1, ""
+        def prepare(C, a, b):
+            def call():
+                with warnings.catch_warnings():  # "did not converge": see `conv`
+                    warnings.simplefilter("ignore")
+                    P, log = ot.sinkhorn(
+                        a,
+                        b,
+                        C,
+                        eps,
+                        method="sinkhorn_log",
+                        stopThr=tol,
+                        numItermax=pot_max_steps,
+                        log=True,
+                    )
+                iters = int(log["niter"])
+                return P, iters, iters < pot_max_steps - 1, ""
 
-        return run, lambda C, a, b: (C, a, b)
+            return call
+
+        return prepare
     if method in ("regot-ssns", "regot-newton"):
         import regot
 
         solve = regot.sinkhorn_ssns if method == "regot-ssns" else regot.sinkhorn_newton
 
-        def run(C, a, b):
-            res = solve(C, a, b, eps, tol=tol, max_iter=max_steps)
-            iters = int(res.niter)
-            return np.asarray(res.plan), iters, iters < max_steps, ""
+        def prepare(C, a, b):
+            C = np.asfortranarray(C)
 
-        return run, lambda C, a, b: (np.asfortranarray(C), a, b)
+            def call():
+                res = solve(C, a, b, eps, tol=tol, max_iter=case.regot_max_steps)
+                iters = int(res.niter)
+                conv = iters < case.regot_max_steps
+                return np.asarray(res.plan), iters, conv, ""
+
+            return call
+
+        return prepare
     raise ValueError(f"unknown method {method!r}")
 
 
-def _note(out, template):
-    plan, iters, conv, note = out
-    return plan, iters, conv, template.format(int(note)) if template else ""
+def _with_note(prepare, template):
+    def prepare_(C, a, b):
+        call = prepare(C, a, b)
+
+        def call_():
+            plan, iters, conv, note = call()
+            return plan, iters, conv, template.format(int(note)) if template else ""
+
+        return call_
+
+    return prepare_
 
 
-def time_method(run, args, repeats):
+def time_method(call, repeats):
     t0 = time.perf_counter()
-    out = run(*args)  # warm-up (compiles a jitted method)
+    out = call()  # warm-up (jitted methods are already compiled)
     first = time.perf_counter() - t0
-    if first > 5.0 and not isinstance(args[0], jax.Array):
-        return out, first  # slow NumPy / C++ runs: the first call is the sample
+    if first > 5.0:
+        return out, first  # slow runs: the first call is the sample
     samples = []
-    for _ in range(1 if first > 5.0 else repeats):
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        out = run(*args)
+        out = call()
         samples.append(time.perf_counter() - t0)
     return out, statistics.median(samples)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", default=["random", "points"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--n", type=int, default=500, help="for random and points")
     parser.add_argument("--eta", type=float, default=1200.0)
     parser.add_argument("--tol", type=float, default=1e-8)
-    parser.add_argument("--max-steps", type=int, default=20_000)
-    parser.add_argument("--pot-max-steps", type=int, default=2_000)
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="default: per case (see above)"
+    )
+    parser.add_argument(
+        "--pot-max-steps", type=int, default=None, help="default: per case"
+    )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--k", type=int, default=32, help="SNS entries per row")
+    parser.add_argument(
+        "--k", type=int, default=None, help="SNS entries per row (default 32)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="SNS Sinkhorn warm-up steps (default per case: 20, digits-l1 700)",
+    )
+    parser.add_argument("--max-newton-steps", type=int, default=200)
+    parser.add_argument(
+        "--floor",
+        type=float,
+        default=1e-6,
+        help="digits: pixel floor, relative to the largest pixel",
+    )
     args = parser.parse_args(argv)
     eps = 1.0 / args.eta
 
     header = (
-        f"{'case':8} {'method':18} {'iters':>7} {'wall s':>8} {'err':>9} "
-        f"{'|dP|':>9} {'conv':>4}  note"
+        f"{'case':11} {'n':>5} {'method':18} {'iters':>7} {'wall s':>8} "
+        f"{'err':>9} {'|dP|':>9} {'conv':>4}  note"
     )
-    print(f"eta = {args.eta:g} (epsilon = {eps:.3g}), tol = {args.tol:g}, n = {args.n}")
+    print(f"eta = {args.eta:g} (epsilon = {eps:.3g}), tol = {args.tol:g}")
     print(header)
-    print("-" * len(header))
-    for case in args.cases:
-        C, a, b = make_case(case, args.n)
-        reference = None
+    print("-" * len(header), flush=True)
+    for name in args.cases:
+        case = make_case(name, args.n, args.floor)
+        if args.max_steps is not None:
+            case.max_steps = case.regot_max_steps = args.max_steps
+        if args.pot_max_steps is not None:
+            case.pot_max_steps = args.pot_max_steps
+            case.skip.pop("pot-sinkhorn_log", None)
+        if args.k is not None:
+            case.k = args.k
+        if args.warmup is not None:
+            case.warmup = args.warmup
+        n = case.C.shape[0]
+        prefix = f"{name:11} {n:5d}"
+        rows = []  # printed once the case is done: |dP| needs the reference
         for method in args.methods:
-            try:
-                run, convert = build(
-                    method, eps, args.tol, args.max_steps, args.pot_max_steps, args.k
-                )
-            except ImportError as e:
-                print(f"{case:8} {method:18} skipped ({e.name} is not installed)")
+            if method in case.skip:
+                rows.append(f"{prefix} {method:18} skipped ({case.skip[method]})")
                 continue
-            (plan, iters, conv, note), wall = time_method(
-                run, convert(C, a, b), args.repeats
-            )
-            if reference is None:
-                reference = plan
-            err = marginal_error(plan, a, b)
-            dp = float(np.max(np.abs(plan - reference)))
+            try:
+                prepare = build(method, eps, args.tol, case, args.max_newton_steps)
+            except ImportError as e:
+                rows.append(f"{prefix} {method:18} skipped ({e.name} is not installed)")
+                continue
+            print(f"  ... {name} {method}", file=sys.stderr, flush=True)
+            try:
+                call = prepare(case.C, case.a, case.b)
+                (plan, iters, conv, note), wall = time_method(call, args.repeats)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                rows.append(f"{prefix} {method:18} failed ({type(e).__name__}: {e})")
+                continue
+            err = marginal_error(plan, case.a, case.b)
             if not np.isfinite(err):
                 conv, note = False, "non-finite plan"
+            rows.append((prefix, method, iters, wall, err, plan, conv, note))
+        reference = next((r[5] for r in rows if not isinstance(r, str) and r[6]), None)
+        for row in rows:
+            if isinstance(row, str):
+                print(row)
+                continue
+            prefix, method, iters, wall, err, plan, conv, note = row
+            dp = "-" if reference is None else f"{np.max(np.abs(plan - reference)):.1e}"
             print(
-                f"{case:8} {method:18} {iters:7d} {wall:8.3f} {err:9.1e} {dp:9.1e} "
-                f"{'yes' if conv else 'no':>4}  {note}",
-                flush=True,
+                f"{prefix} {method:18} {iters:7d} {wall:8.3f} {err:9.1e} {dp:>9} "
+                f"{'yes' if conv else 'no':>4}  {note}"
             )
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
