@@ -12,27 +12,14 @@ to the repository root).
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-import time
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from _notebook_builder import Builder
 
-HERE = Path(__file__).resolve().parent
-NOTEBOOK = HERE / "implicit_differentiation.ipynb"
-
-CELLS: list[tuple[str, str]] = []
-
-
-def md(text: str) -> None:
-    CELLS.append(("markdown", text.strip("\n")))
-
-
-def code(text: str) -> None:
-    CELLS.append(("code", text.strip("\n")))
+NOTEBOOK = Builder(
+    Path(__file__).resolve().parent / "implicit_differentiation.ipynb", __doc__
+)
+md, code = NOTEBOOK.md, NOTEBOOK.code
 
 
 # --------------------------------------------------------------------------------------
@@ -609,54 +596,5 @@ derivative of an inexact algorithm.
 """)
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {
-        "display_name": "Python 3",
-        "language": "python",
-        "name": "python3",
-    }
-    nb.metadata["language_info"] = {"name": "python"}
-    for kind, text in CELLS:
-        cell = new_markdown_cell(text) if kind == "markdown" else new_code_cell(text)
-        nb.cells.append(cell)
-    # Stable cell ids keep diffs between rebuilds small.
-    for i, cell in enumerate(nb.cells):
-        cell["id"] = f"cell-{i:02d}"
-    return nb
-
-
-def execute(nb: nbformat.NotebookNode) -> None:
-    from nbclient import NotebookClient
-
-    root = str(HERE.parent)
-    extra = os.environ.get("PYTHONPATH", "")
-    paths = [root] + [p for p in extra.split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
-    os.environ["MPLBACKEND"] = "Agg"
-    client = NotebookClient(
-        nb,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(HERE)}},
-        record_timing=False,
-    )
-    start = time.perf_counter()
-    client.execute()
-    print(f"executed in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--execute", action="store_true", help="keep outputs")
-    args = parser.parse_args()
-    nb = build()
-    if args.execute:
-        execute(nb)
-    nbformat.validate(nb)
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    NOTEBOOK.main()
