@@ -20,6 +20,7 @@ __all__ = [
     "as_float_array",
     "check_nonnegative",
     "check_positive_int",
+    "check_static_int",
 ]
 
 
@@ -60,13 +61,19 @@ def check_nonnegative(value, name: str) -> Array:
     return jnp.asarray(value) >= 0
 
 
-def check_positive_int(value, name: str) -> int:
-    """A static positive integer (shapes and loop bounds depend on it)."""
+def check_static_int(value, name: str, minimum: int = 0) -> int:
+    """A static Python (or NumPy) integer ``>= minimum``: shapes and loop bounds
+    depend on it, so it cannot be traced."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise ValueError(f"`{name}` must be a positive Python int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"`{name}` must be positive, got {value}")
+        raise ValueError(f"`{name}` must be a Python int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_positive_int(value, name: str) -> int:
+    """A static positive integer."""
+    return check_static_int(value, name, minimum=1)
 
 
 def all_finite(*xs) -> Array:

@@ -157,6 +157,17 @@ def _column_scale(b):
     return jnp.sum(b) / b.shape[0]
 
 
+def _reduced_terms(g, C, a, b, epsilon):
+    """The plan at ``(f(g), g)``, the support indicator ``v`` of ``b`` and the
+    weight ``kappa`` of the rank-one gauge term, shared by :func:`_optimality`
+    and :func:`_preconditioner`."""
+    f = row_potential(_masked_g(g, b), C, a, epsilon)
+    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
+    v = (b > 0).astype(g.dtype)
+    kappa = _column_scale(b) / jnp.maximum(jnp.sum(v), 1)
+    return plan, v, kappa
+
+
 def _optimality(g, C, a, b, epsilon):
     r"""``F(g) = 0`` at the optimum, in the column potentials alone.
 
@@ -178,10 +189,7 @@ def _optimality(g, C, a, b, epsilon):
     steps (the Jacobi-scaled spectrum is ``1 - s_i^2`` instead of ``1 +- s_i``);
     :func:`_preconditioner` scales it by its diagonal.
     """
-    f = row_potential(_masked_g(g, b), C, a, epsilon)
-    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
-    v = (b > 0).astype(g.dtype)
-    kappa = _column_scale(b) / jnp.maximum(jnp.sum(v), 1)
+    plan, v, kappa = _reduced_terms(g, C, a, b, epsilon)
     residual = plan.sum(0) - b + kappa * v * jnp.vdot(v, g) / epsilon
     return residual + jnp.where(b > 0, 0, _column_scale(b) * g / epsilon)
 
@@ -189,13 +197,10 @@ def _optimality(g, C, a, b, epsilon):
 def _preconditioner(g, C, a, b, epsilon):
     """Jacobi for :func:`_optimality`'s Jacobian at the solution:
     ``diag(D2 - P^T D1^{-1} P) + kappa v^2``, over ``epsilon``."""
-    f = row_potential(_masked_g(g, b), C, a, epsilon)
-    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
+    plan, v, kappa = _reduced_terms(g, C, a, b, epsilon)
     d1 = plan.sum(1)
     d1 = jnp.where(d1 > 0, d1, 1)
     d2 = plan.sum(0)
-    v = (b > 0).astype(g.dtype)
-    kappa = _column_scale(b) / jnp.maximum(jnp.sum(v), 1)
     schur = d2 - jnp.sum(plan * plan / d1[:, None], axis=0)
     # Rounding can leave a tiny or negative diagonal where one entry carries a
     # whole column: floor it.
@@ -333,12 +338,3 @@ def solve_ot(
         plan=plan,
         cost=cost,
     )
-
-
-def check_static_int(value, name: str, minimum: int = 0) -> int:
-    """A static non-negative (or >= ``minimum``) Python int."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"`{name}` must be a Python int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
-    return value

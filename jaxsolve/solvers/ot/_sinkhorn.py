@@ -5,9 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ..._checks import check_static_int
 from ..._iterate import iterate
 from ..._solution import RESULTS
-from ._dual import OTSolution, Problem, check_static_int, solve_ot
+from ._dual import OTSolution, Problem, solve_ot
 
 __all__ = ["sinkhorn"]
 

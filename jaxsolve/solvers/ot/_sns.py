@@ -3,17 +3,20 @@ Newton steps on the concave dual with a sparsified Hessian solved by CG."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jaxtyping import Array
 
+from ..._checks import check_static_int
 from ..._iterate import iterate
 from ..._solution import RESULTS
 from ..linear import cg
 from ._dual import (
     OTSolution,
     Problem,
-    check_static_int,
     logits,
     solve_ot,
 )
@@ -45,6 +48,20 @@ def _phi_sum(plan, log_plan, t):
     return jnp.sum(jnp.where(log_plan > -jnp.inf, terms, 0))
 
 
+class _NewtonState(NamedTuple):
+    f: Array
+    g: Array
+    log_plan: Array  # (n, m), log P at (f, g)
+    plan: Array  # (n, m), P = exp(log_plan), formed once per step
+    grad: Array  # (n + m,), the marginal residuals (a - P 1, b - P^T 1)
+    err: Array  # their L1 norm
+    stalled: Array  # the last line search failed
+    cg_steps: Array
+    line_search_steps: Array
+    pattern: Array  # (n, k), the column indices of the sparsified Hessian
+    previous_err: Array  # err before the last step
+
+
 def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
     n, m = p.C.shape
     dtype = p.C.dtype
@@ -57,7 +74,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         log_plan = logits(f, g, p.C, p.epsilon, p.a, p.b)
         plan = jnp.exp(log_plan)
         grad = jnp.concatenate([p.a - plan.sum(1), p.b - plan.sum(0)])
-        return log_plan, grad, jnp.sum(jnp.abs(grad))
+        return log_plan, plan, grad, jnp.sum(jnp.abs(grad))
 
     def select(log_plan):
         # The k largest entries of each row. The selection runs in float32: XLA's
@@ -66,7 +83,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         # does not matter to a sparsified Hessian.
         return lax.top_k(log_plan.astype(jnp.float32), k)[1]
 
-    def newton_direction(log_plan, grad, err, idx):
+    def newton_direction(log_plan, plan, grad, err, idx):
         r"""An inexact solution of the Newton system ``M z = grad``, ``z = (x, y)``.
 
         ``M = [[D1, S], [S^T, D2]]`` is ``epsilon`` times the negative Hessian with
@@ -93,7 +110,6 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         """
         # The values of the selected entries, in the working precision.
         s = jnp.exp(jnp.take_along_axis(log_plan, idx, axis=1))  # (n, k) ELL values
-        plan = jnp.exp(log_plan)
         # Rows (columns) off the support have no plan mass; a positive diagonal
         # there keeps the systems definite (their gradient entries are 0).
         d1 = jnp.where(p.a > 0, plan.sum(1), unit)
@@ -151,7 +167,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         good = jnp.all(jnp.isfinite(z)) & (jnp.vdot(grad, z) > 0)
         return jnp.where(good, z, fallback), sol.num_steps
 
-    def line_search(log_plan, grad, z):
+    def line_search(log_plan, plan, grad, z):
         """Backtracking on the dual: accept ``alpha`` when
         ``D(z + alpha epsilon dz) - D(z) >= c alpha epsilon grad . dz``.
 
@@ -161,7 +177,6 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         down to marginal errors near machine precision (a plain difference of
         two dual values would be lost in rounding long before).
         """
-        plan = jnp.exp(log_plan)
         slope = jnp.vdot(grad, z)
         t = z[:n, None] + z[None, n:]
 
@@ -177,33 +192,44 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
 
     ok_input = p.result == RESULTS.successful
 
-    def keep_going(state):
-        _, _, _, _, err, stalled, _, _, _, _ = state
-        return ok_input & (err > p.tol) & ~stalled & jnp.isfinite(err)
+    def keep_going(s: _NewtonState):
+        return ok_input & (s.err > p.tol) & ~s.stalled & jnp.isfinite(s.err)
 
-    def step(state):
-        f, g, log_plan, grad, err, _, cg_steps, ls_steps, idx, previous = state
+    def step(s: _NewtonState) -> _NewtonState:
         # Reselect the sparsity pattern unless the last step cut the error by
         # 10x or more: near the solution the pattern no longer moves and the
         # selection is the costliest part of a step after forming the plan.
-        idx = lax.cond(err > 0.1 * previous, select, lambda _: idx, log_plan)
-        z, cg_k = newton_direction(log_plan, grad, err, idx)
-        alpha, ok, trials = line_search(log_plan, grad, z)
+        pattern = lax.cond(
+            s.err > 0.1 * s.previous_err, select, lambda _: s.pattern, s.log_plan
+        )
+        z, cg_k = newton_direction(s.log_plan, s.plan, s.grad, s.err, pattern)
+        alpha, ok, trials = line_search(s.log_plan, s.plan, s.grad, z)
         step_ = jnp.where(ok, alpha * p.epsilon, 0) * z
-        f, g = f + step_[:n], g + step_[n:]
-        previous = err
-        log_plan, grad, err = state_at(f, g)
-        cg_steps, ls_steps = cg_steps + cg_k, ls_steps + trials
-        return f, g, log_plan, grad, err, ~ok, cg_steps, ls_steps, idx, previous
+        f, g = s.f + step_[:n], s.g + step_[n:]
+        return _NewtonState(
+            f,
+            g,
+            *state_at(f, g),
+            stalled=~ok,
+            cg_steps=s.cg_steps + cg_k,
+            line_search_steps=s.line_search_steps + trials,
+            pattern=pattern,
+            previous_err=s.err,
+        )
 
     zero = jnp.asarray(0, jnp.int32)
-    no_pattern = jnp.zeros((n, k), jnp.int32)
-    # previous = 0 makes the first step select its pattern.
-    init = (f, g, *state_at(f, g), jnp.asarray(False), zero, zero, no_pattern)
-    init = (*init, jnp.asarray(0, dtype))
-    state, num_steps = iterate(step, keep_going, init, max_steps)
-    f, g, _, _, err, stalled, cg_steps, ls_steps, _, _ = state
-    return f, g, err, stalled, num_steps, cg_steps, ls_steps
+    init = _NewtonState(
+        f,
+        g,
+        *state_at(f, g),
+        stalled=jnp.asarray(False),
+        cg_steps=zero,
+        line_search_steps=zero,
+        pattern=jnp.zeros((n, k), jnp.int32),
+        previous_err=jnp.asarray(0, dtype),  # 0: the first step selects
+    )
+    s, num_steps = iterate(step, keep_going, init, max_steps)
+    return s.f, s.g, s.err, s.stalled, num_steps, s.cg_steps, s.line_search_steps
 
 
 def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
