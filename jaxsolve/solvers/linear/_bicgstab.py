@@ -51,7 +51,7 @@ def _bicgstab_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
         return x_new, r_new, r_hat, p, v, rho_new, alpha, omega, result
 
     state, num_steps = iterate(step, keep_going, init, max_steps)
-    return state[0], state[-1], num_steps
+    return state[0], state[-1], num_steps, {"matvecs": 2 * num_steps}
 
 
 def _nonzero(x):

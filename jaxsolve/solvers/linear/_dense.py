@@ -64,4 +64,6 @@ def dense_solve(operator, b, *, throw: bool = True) -> Solution:
         result=result,
         num_steps=jnp.asarray(1, jnp.int32),
         residual=residual,
+        # n products materialise A, one checks it is finite, one gives the residual.
+        stats={"matvecs": jnp.asarray(op.size + 2, jnp.int32)},
     )

@@ -3,7 +3,12 @@ and differentiation through ``jax.lax.custom_linear_solve``.
 
 Each solver supplies only a *loop*: ``loop(matvec, b, x0, r0, precond, tol,
 max_steps, input_code) -> (x, result, num_steps)`` on flat vectors (``r0 = b - A
-x0``; ``precond`` is ``None`` or a function). :func:`krylov_solve` wraps it so
+x0``; ``precond`` is ``None`` or a function). A loop may return a fourth item, a
+dict of extra outputs: its ``"matvecs"`` entry counts the loop's products with
+``A`` (default: one a step), every other entry is passed through, undifferentiated,
+as the ``Solution``'s ``aux`` (a recycled Krylov subspace, say). Every solution
+reports ``stats["matvecs"]``, the operator products of the whole solve (the
+loop's plus the residuals ``b - A x`` computed here). :func:`krylov_solve` wraps it so
 that ``x = A^{-1} b`` is differentiable with respect to ``b`` and to every array the
 operator closes over (forward and reverse mode, any order): JAX differentiates the
 *equation* ``A x = b`` and calls the same loop on the tangent (or, transposed, on
@@ -78,7 +83,10 @@ def krylov_solve(
     throw: bool,
     symmetric: bool,
     default_max_steps: Callable[[int], int] = lambda n: 10 * n,
+    transpose_loop: Callable | None = None,
 ) -> Solution:
+    """``transpose_loop``: the loop for the transposed systems of reverse mode
+    (default ``loop``); its extra outputs must have the same structure."""
     op, b_flat = flat_operator(operator, b)
     valid = check_nonnegative(rtol, "rtol") & check_nonnegative(atol, "atol")
     max_steps = check_positive_int(
@@ -105,8 +113,14 @@ def krylov_solve(
         RESULTS.invalid_input,
     )
 
-    def run(matvec, rhs, guess, m, zero_guess):
+    def run(matvec, rhs, guess, m, zero_guess, loop=loop):
         tol = jnp.maximum(rtol * norm(rhs), atol)
+
+        def call_loop(x, r, budget):
+            out = loop(matvec, rhs, x, r, m, tol, budget, input_code)
+            extras = dict(out[3]) if len(out) > 3 else {}
+            return out[:3], extras.pop("matvecs", out[2]), extras
+
         # The first residual b - A x0 also catches NaN/Inf in a matrix-free
         # operator (NaN * 0 is NaN). Transposed solves start from zero and skip
         # that product: their operator was already checked by the forward solve.
@@ -118,21 +132,32 @@ def krylov_solve(
         # most; if that does not help, the tolerance is below attainable
         # accuracy). The loop is traced once: the first pass is the first step.
         def attempt(state):
-            x, r, steps, _, _ = state
-            x, result, k = loop(
-                matvec, rhs, x, r, m, tol, max_steps - steps, input_code
+            x, r, steps, _, _, matvecs, _ = state
+            (x, result, k), products, extras = call_loop(x, r, max_steps - steps)
+            matvecs = matvecs + products + 1  # + the true residual below
+            return (
+                x,
+                rhs - matvec(x),
+                steps + k,
+                result,
+                jnp.asarray(False),
+                matvecs,
+                extras,
             )
-            return x, rhs - matvec(x), steps + k, result, jnp.asarray(False)
 
         def again(state):
-            _, r, steps, result, first = state
+            _, r, steps, result, first, _, _ = state
             ok = result == RESULTS.successful
             return first | (ok & ~(norm(r) <= tol) & (steps < max_steps))
 
         steps = jnp.asarray(0, jnp.int32)
-        state = (guess, r0, steps, input_code, jnp.asarray(True))
+        # The extra outputs' initial value: zeros of the loop's output structure.
+        shapes = jax.eval_shape(lambda x, r: call_loop(x, r, max_steps)[2], guess, r0)
+        extras = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        matvecs = jnp.asarray(0 if zero_guess else 1, jnp.int32)
+        state = (guess, r0, steps, input_code, jnp.asarray(True), matvecs, extras)
         state, _ = iterate(attempt, again, state, 2 + _MAX_RESTARTS)
-        x, r, num_steps, result, _ = state
+        x, r, num_steps, result, _, matvecs, extras = state
         residual = norm(r)
         converged = jnp.isfinite(residual) & (residual <= tol)
         result = finish_result(result, converged, residual, num_steps, max_steps)
@@ -140,7 +165,7 @@ def krylov_solve(
             # Raised inside the solve, so that the solves of derivatives (the
             # tangent and the transposed systems) are checked too, not only x.
             x = error_if_failed(x, result, name)
-        return x, (result, num_steps, residual)
+        return x, (result, num_steps, residual, matvecs, extras)
 
     def solve(matvec, rhs):
         return run(matvec, rhs, x0_flat, precond, zero_guess=False)
@@ -152,9 +177,16 @@ def krylov_solve(
         else:
             transposed = jax.linear_transpose(precond, rhs)
             precond_t = lambda v: transposed(v)[0]  # noqa: E731
-        return run(vecmat, rhs, jnp.zeros_like(rhs), precond_t, zero_guess=True)
+        return run(
+            vecmat,
+            rhs,
+            jnp.zeros_like(rhs),
+            precond_t,
+            zero_guess=True,
+            loop=loop if transpose_loop is None else transpose_loop,
+        )
 
-    x, (result, num_steps, residual) = lax.custom_linear_solve(
+    x, (result, num_steps, residual, matvecs, extras) = lax.custom_linear_solve(
         op.matvec,
         b_flat,
         solve,
@@ -163,5 +195,10 @@ def krylov_solve(
         has_aux=True,
     )
     return Solution(
-        value=op.unflatten(x), result=result, num_steps=num_steps, residual=residual
+        value=op.unflatten(x),
+        result=result,
+        num_steps=num_steps,
+        residual=residual,
+        stats={"matvecs": matvecs},
+        aux=extras or None,
     )
