@@ -3,103 +3,44 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
-from jax.scipy.linalg import solve_triangular
 
 from ..._checks import check_positive_int
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
+from ._arnoldi import arnoldi_cycle, least_squares_solution
 from ._krylov import krylov_solve, norm, start_result
 
 __all__ = ["gmres"]
 
 
-def _givens(a, b):
-    """Rotation (c, s) with [c s; -s c] [a; b] = [r; 0]."""
-    r = jnp.hypot(a, b)
-    safe = jnp.where(r == 0, 1, r)
-    return jnp.where(r == 0, 1, a / safe), jnp.where(r == 0, 0, b / safe)
-
-
-def _arnoldi_cycle(matvec, precond, r, beta, tol, budget, restart):
-    """One GMRES(m) cycle from residual ``r`` (norm ``beta``) on ``A M``.
-
-    Builds an orthonormal basis ``V`` of the Krylov space by Gram-Schmidt, applied
-    twice (CGS2: as stable as modified Gram-Schmidt, but vectorised), while Givens
-    rotations keep the Hessenberg matrix triangular, so that ``|g[j+1]|`` is the
-    residual norm after ``j + 1`` steps and the cycle can stop as soon as it is
-    below ``tol``. Returns the correction ``M V y`` and the number of steps.
-    """
-    n = r.shape[0]
-    dtype = r.dtype
-    basis = jnp.zeros((restart + 1, n), dtype).at[0].set(r / beta)
-    hess = jnp.zeros((restart + 1, restart), dtype)
-    cs = jnp.zeros((restart,), dtype)
-    sn = jnp.zeros((restart,), dtype)
-    g = jnp.zeros((restart + 1,), dtype).at[0].set(beta)
-
-    def keep_going(state):
-        _, _, _, _, g, j = state
-        return (j < restart) & (j < budget) & (jnp.abs(g[j]) > tol)
-
-    def step(state):
-        basis, hess, cs, sn, g, j = state
-        w = matvec(precond(basis[j]))
-        mask = (jnp.arange(restart + 1) <= j).astype(dtype)
-        h = (basis @ w) * mask
-        w = w - basis.T @ h
-        h2 = (basis @ w) * mask
-        w = w - basis.T @ h2
-        h = h + h2
-        h_next = norm(w)
-        # A zero h_next is a "happy breakdown": the solution lies in the space.
-        basis = basis.at[j + 1].set(w / jnp.where(h_next == 0, 1, h_next))
-        col = h.at[j + 1].set(h_next)
-
-        def rotate(i, col):
-            a, b = col[i], col[i + 1]
-            return (
-                col.at[i]
-                .set(cs[i] * a + sn[i] * b)
-                .at[i + 1]
-                .set(-sn[i] * a + cs[i] * b)
-            )
-
-        col = lax.fori_loop(0, j, rotate, col)
-        c, s = _givens(col[j], col[j + 1])
-        col = col.at[j].set(c * col[j] + s * col[j + 1]).at[j + 1].set(0)
-        g = g.at[j + 1].set(-s * g[j]).at[j].set(c * g[j])
-        return basis, hess.at[:, j].set(col), cs.at[j].set(c), sn.at[j].set(s), g, j + 1
-
-    state = (basis, hess, cs, sn, g, jnp.asarray(0, jnp.int32))
-    (basis, hess, _, _, g, _), steps = iterate(step, keep_going, state, restart)
-    # Unused columns get a unit diagonal and a zero right-hand side, so the
-    # fixed-size triangular solve gives y = 0 there.
-    used = jnp.arange(restart) < steps
-    r_mat = hess[:restart]
-    diag = jnp.diagonal(r_mat)
-    singular = used & (diag == 0)
-    r_mat = r_mat + jnp.diag(jnp.where(used & ~singular, 0, 1 - diag))
-    y = solve_triangular(r_mat, jnp.where(used & ~singular, g[:restart], 0))
-    return precond(basis[:restart].T @ y), steps
-
-
 def _make_gmres_loop(restart):
     def loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
         precond = (lambda v: v) if precond is None else precond
+        n = b.shape[0]
         result = start_result(input_code, r)
-        init = (x0, r, norm(r), jnp.asarray(0, jnp.int32), result)
+        zero = jnp.asarray(0, jnp.int32)
+        init = (x0, r, norm(r), zero, zero, result)
 
         def keep_going(state):
-            _, _, beta, total, result = state
+            _, _, beta, total, _, result = state
             return (result == RESULTS.successful) & (beta > tol) & (total < max_steps)
 
         def cycle(state):
-            x, r, beta, total, result = state
-            dx, steps = _arnoldi_cycle(
-                matvec, precond, r, beta, tol, max_steps - total, restart
+            x, r, beta, total, matvecs, result = state
+            basis = jnp.zeros((restart + 1, n), b.dtype)
+            basis = basis.at[0].set(r / jnp.where(beta == 0, 1, beta))
+            hess = jnp.zeros((restart + 1, restart), b.dtype)
+            arnoldi = arnoldi_cycle(
+                lambda v: matvec(precond(v)),
+                basis,
+                hess,
+                0,
+                beta,
+                tol,
+                max_steps - total,
             )
-            x_new = x + dx
+            y = least_squares_solution(arnoldi, 0)
+            x_new = x + precond(y @ arnoldi.basis[:restart])
             r_new = b - matvec(x_new)
             beta_new = norm(r_new)
             # A cycle that makes no progress at all will never make any: stop.
@@ -111,10 +52,13 @@ def _make_gmres_loop(restart):
                 ),
                 result,
             )
-            return x_new, r_new, beta_new, total + steps, result
+            steps = arnoldi.steps
+            return x_new, r_new, beta_new, total + steps, matvecs + steps + 1, result
 
-        (x, _, _, total, result), _ = iterate(cycle, keep_going, init, max_steps)
-        return x, result, total
+        (x, _, _, total, matvecs, result), _ = iterate(
+            cycle, keep_going, init, max_steps
+        )
+        return x, result, total, {"matvecs": matvecs}
 
     return loop
 
@@ -136,8 +80,12 @@ def gmres(
     true one: ``A M y = b - A x0``, ``x = x0 + M y``.
 
     Each cycle minimises ``||b - A x||_2`` over ``x0 + M K_j(A M, r0)``, ``j <= m``
-    (``m = restart``), with Givens rotations, stopping inside a cycle as soon as
-    ``||b - A x||_2 <= max(rtol ||b||_2, atol)``.
+    (``m = restart``), stopping inside a cycle as soon as
+    ``||b - A x||_2 <= max(rtol ||b||_2, atol)``. The cycle is the Arnoldi kernel
+    shared with :func:`jaxsolve.gcrodr` (``_arnoldi.py``): one Gram-Schmidt sweep a
+    step (a second only on heavy cancellation) and the Givens rotations kept as one
+    small dense matrix, so a step costs about one product with ``A`` plus one
+    orthogonalisation.
 
     Args:
         operator: ``A``, a square ``(n, n)`` array or a function ``x -> A x``.
@@ -153,8 +101,9 @@ def gmres(
 
     Returns:
         :class:`jaxsolve.Solution`; ``.value = x``, ``.num_steps`` counts inner
-        steps, ``.residual = ||b - A x||_2``. A cycle that does not reduce the
-        residual ends the solve with ``RESULTS.stagnation``.
+        steps, ``.residual = ||b - A x||_2``, ``.stats["matvecs"]`` the products
+        with ``A`` (inner steps plus one true residual a cycle). A cycle that
+        does not reduce the residual ends the solve with ``RESULTS.stagnation``.
 
     Differentiable with respect to ``b`` and the operator's closed-over arrays
     through ``jax.lax.custom_linear_solve`` (the transposed system, for reverse
