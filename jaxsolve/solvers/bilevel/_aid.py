@@ -1,0 +1,255 @@
+r"""AID: approximate implicit differentiation (hypergradient descent).
+
+For a strongly convex lower level, ``y*(x)`` solves ``grad_y f(x, y) = 0`` and the
+implicit function theorem gives the hypergradient
+
+    dF/dx = grad_x F - (hess_xy f) v,   (hess_yy f) v = grad_y F,
+
+at ``(x, y*(x))`` (Pedregosa, ICML 2016; Grazzi et al., ICML 2020). The backward
+(adjoint) system is solved by CG on Hessian-vector products. With ``recycle=True``
+the method's state carries a Krylov recycle space from one outer step to the next
+(:func:`jaxsolve.solvers.linear.recycled_cg`): the previous adjoint solution as the
+start, and ``recycle_dim`` Ritz vectors of the smallest eigenvalues of the earlier
+Hessians, deflated from the next solve; the hypergradient is the same (to the
+solve's tolerance) but later backward solves take far fewer Hessian products.
+
+:func:`implicit_lower` is the same hypergradient through
+:func:`jaxsolve.custom_root`: ``y*(x)`` as a differentiable function, for
+``jax.grad``/``jax.jvp`` of any function of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, PyTree
+
+from ..._checks import check_static_int
+from ...implicit import custom_root
+from ..linear._deflated_cg import recycled_cg
+from ._inner import check_rate, make_inner
+from ._problem import BilevelMethod, check_variables
+
+__all__ = ["aid", "hypergradient", "implicit_lower", "AIDState"]
+
+
+class AIDState(eqx.Module):
+    x: PyTree
+    y: PyTree
+    opt_state: PyTree
+    v: Array  # the last adjoint solution, flat (the next solve's start)
+    basis: Array  # (n, k) recycle basis (k = 0 without recycling)
+    step_count: Array
+    info: dict
+
+
+def hypergradient(
+    upper: Callable,
+    lower: Callable,
+    x,
+    y,
+    *data,
+    rtol=1e-10,
+    max_steps: int | None = None,
+    v0=None,
+    basis=None,
+    record: int = 0,
+):
+    r"""The implicit hypergradient ``dF/dx`` at ``(x, y)`` (``y ~ y*(x)``).
+
+    Solves ``(hess_yy f) v = grad_y F`` by (deflated) CG on Hessian-vector
+    products (the Hessian is linearised once), then returns
+    ``grad_x F - (hess_xy f) v`` as a pytree shaped like ``x``, and a dict with
+    ``v`` (flat), ``basis`` (the next recycle basis: ``basis``'s shape, refreshed
+    by Rayleigh-Ritz when ``record > 0``), ``matvecs`` (Hessian products),
+    ``steps`` and ``result`` (the backward solve's :class:`jaxsolve.RESULTS`).
+
+    Args:
+        rtol: relative tolerance of the backward solve.
+        v0: a flat start for ``v`` (default zero); ``basis``: an ``(n, k)`` array
+            to deflate (default none), with ``n`` the size of ``y``.
+    """
+    y_flat, unravel = ravel_pytree(y)
+    n = y_flat.size
+    grad_x_upper, grad_y_upper = jax.grad(upper, argnums=(0, 1))(x, y, *data)
+    b = ravel_pytree(grad_y_upper)[0]
+
+    def grad_y_lower(x_, y_):
+        return jax.grad(lower, argnums=1)(x_, y_, *data)
+
+    # Linearise grad_y f once: every Hessian product reuses the stored point.
+    _, hvp = jax.linearize(
+        lambda yf: ravel_pytree(grad_y_lower(x, unravel(yf)))[0], y_flat
+    )
+    if v0 is None:
+        v0 = jnp.zeros_like(b)
+    if basis is None:
+        basis = jnp.zeros((n, 0), b.dtype)
+    max_steps = 10 * n if max_steps is None else max_steps
+    sol, new_basis = recycled_cg(
+        hvp, b, v0.astype(b.dtype), basis, rtol=rtol, max_steps=max_steps, record=record
+    )
+    v = sol.value
+    _, vjp_x = jax.vjp(lambda x_: grad_y_lower(x_, y), x)
+    (cross,) = vjp_x(unravel(v))
+    grad = jax.tree_util.tree_map(lambda a, c: a - c, grad_x_upper, cross)
+    info = {
+        "v": v,
+        "basis": new_basis,
+        "matvecs": sol.stats["matvecs"],
+        "steps": sol.num_steps,
+        "result": sol.result,
+    }
+    return grad, info
+
+
+def implicit_lower(
+    lower: Callable, inner: Callable, *, solve="cg", **kwargs
+) -> Callable:
+    r"""``y_star(x, y_init, *data)``: the lower solution ``inner(x, y_init, *data)``,
+    differentiated in ``x`` (and ``data``) through :func:`jaxsolve.custom_root` on
+    ``grad_y f(x, y) = 0`` (with ``solve="cg"``: the lower Hessian is SPD).
+
+    ``jax.grad(lambda x: upper(x, y_star(x, y0, *data), *data))(x)`` is then the
+    implicit hypergradient (and ``jax.jvp`` its forward mode); ``kwargs`` go to
+    ``custom_root`` (``solve_options``, ``ridge``, ...).
+    """
+
+    def optimality(y, x, *data):
+        return jax.grad(lower, argnums=1)(x, y, *data)
+
+    @custom_root(optimality, solve=solve, **kwargs)
+    def solver(y_init, x, *data):
+        return inner(x, y_init, *data)
+
+    def y_star(x, y_init, *data):
+        return solver(jax.lax.stop_gradient(y_init), x, *data)
+
+    return y_star
+
+
+def aid(
+    upper: Callable,
+    lower: Callable,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float | None = None,
+    inner: Callable | None = None,
+    inner_lr: float | None = None,
+    inner_steps: int = 10,
+    init_inner_rounds: int = 10,
+    backward_rtol: float = 1e-10,
+    backward_max_steps: int | None = None,
+    recycle: bool = False,
+    recycle_dim: int = 10,
+    recycle_record: int = 40,
+    project_x: Callable | None = None,
+) -> BilevelMethod:
+    r"""Hypergradient descent with the implicit (AID) hypergradient.
+
+    Each step: ``y <- inner(x, y, *data)`` (warm-started: by default
+    ``inner_steps`` gradient steps of size ``inner_lr`` on ``f(x, .)``), the
+    hypergradient at ``(x, y)`` (:func:`hypergradient`: CG on
+    ``(hess_yy f) v = grad_y F`` to ``backward_rtol``), then ``x`` by ``optimizer``
+    (any optax transformation; default ``optax.sgd(learning_rate)``), projected by
+    ``project_x`` if given. ``init`` refines ``y0`` by ``init_inner_rounds``
+    calls of ``inner``.
+
+    ``recycle=True``: the backward solve starts from the previous adjoint solution
+    and deflates ``recycle_dim`` Ritz vectors (smallest Ritz values) of the earlier
+    Hessians, refreshed each step by Rayleigh-Ritz on the old basis and the first
+    ``recycle_record`` CG directions. ``state.info`` records ``backward_matvecs``
+    (Hessian products, including the ``recycle_dim`` for the basis), ``backward_steps``
+    and ``backward_result`` for every step.
+
+    Needs a strongly convex lower level (SPD ``hess_yy f``); no ``constraint``.
+    """
+    if optimizer is None:
+        if learning_rate is None:
+            raise ValueError("aid: give `learning_rate` or an optax `optimizer`")
+        optimizer = optax.sgd(check_rate(learning_rate, "learning_rate"))
+    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+        raise ValueError(
+            f"`optimizer` must be an optax GradientTransformation, got {optimizer!r}"
+        )
+    inner_fn = make_inner(lower, inner, inner_lr, inner_steps, None, "aid")
+    rounds = check_static_int(init_inner_rounds, "init_inner_rounds")
+    backward_rtol = check_rate(backward_rtol, "backward_rtol")
+    k = check_static_int(recycle_dim, "recycle_dim") if recycle else 0
+    record = check_static_int(recycle_record, "recycle_record", 1) if recycle else 0
+    if recycle and k == 0:
+        raise ValueError("`recycle_dim` must be >= 1 with `recycle=True`")
+
+    def init(x0, y0, *data):
+        check_variables("aid", x0, y0, data, upper, lower)
+        y = jax.lax.fori_loop(0, rounds, lambda _, y: inner_fn(x0, y, *data), y0)
+        n = ravel_pytree(y)[0].size
+        dtype = ravel_pytree(y)[0].dtype
+        info = {
+            "backward_matvecs": jnp.asarray(0, jnp.int32),
+            "backward_steps": jnp.asarray(0, jnp.int32),
+            "backward_result": jnp.asarray(0, jnp.int32),
+        }
+        return AIDState(
+            x=x0,
+            y=y,
+            opt_state=optimizer.init(x0),
+            v=jnp.zeros((n,), dtype),
+            basis=jnp.zeros((n, k), dtype),
+            step_count=jnp.asarray(0, jnp.int32),
+            info=info,
+        )
+
+    def step(state: AIDState, *data) -> AIDState:
+        x = state.x
+        y = inner_fn(x, state.y, *data)
+        grad, h = hypergradient(
+            upper,
+            lower,
+            x,
+            y,
+            *data,
+            rtol=backward_rtol,
+            max_steps=backward_max_steps,
+            v0=state.v if recycle else None,
+            basis=state.basis,
+            record=record,
+        )
+        updates, opt_state = optimizer.update(grad, state.opt_state, x)
+        x = optax.apply_updates(x, updates)
+        if project_x is not None:
+            x = project_x(x)
+        info = {
+            "backward_matvecs": jnp.asarray(h["matvecs"], jnp.int32),
+            "backward_steps": jnp.asarray(h["steps"], jnp.int32),
+            "backward_result": jnp.asarray(h["result"]._value, jnp.int32),
+        }
+        return AIDState(
+            x=x,
+            y=y,
+            opt_state=opt_state,
+            v=h["v"],
+            basis=h["basis"],
+            step_count=state.step_count + 1,
+            info=info,
+        )
+
+    def objective(state, *data):
+        return upper(state.x, state.y, *data)
+
+    return BilevelMethod(
+        "aid",
+        init,
+        step,
+        objective,
+        {
+            "recycle": recycle,
+            "inner_steps": inner_steps,
+            "backward_rtol": backward_rtol,
+        },
+    )

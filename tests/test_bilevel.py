@@ -1,0 +1,375 @@
+"""Tests of jaxsolve.bilevel: AID's hypergradient against closed forms (grad and
+jvp, through custom_root too), LV-HBA on the toy with a known solution, AID, BO-REP
+and ITD on the tasks, recycled backward solves, jit/vmap/pytrees and bad inputs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxsolve
+from jaxsolve import RESULTS, bilevel
+from jaxsolve.problems.bilevel import (
+    hyper_cleaning,
+    logistic_l2_tuning,
+    lv_hba_toy,
+)
+from jaxsolve.solvers.linear import deflated_cg
+
+# --- a quadratic bilevel problem with a closed-form hypergradient -----------------
+# x = {"a": (2,), "b": (3,)}, y = (y1 (4,), y2 (3,)): pytrees on both levels.
+#   f(x, y) = 0.5 y^T A y - y^T (B xf),  y*(x) = A^{-1} B xf
+#   F(x, y) = 0.5 ||C y - d||^2 + 0.5 r ||xf||^2
+# dF/dxf = B^T A^{-1} C^T (C y* - d) + r xf.
+
+_rng = np.random.default_rng(0)
+_M = _rng.normal(size=(7, 7))
+_A = jnp.asarray(_M @ _M.T + 7 * np.eye(7))
+_B = jnp.asarray(_rng.normal(size=(7, 5)))
+_C = jnp.asarray(_rng.normal(size=(6, 7)))
+_d = jnp.asarray(_rng.normal(size=6))
+_r = 0.3
+
+
+def _xf(x):
+    return jnp.concatenate([x["a"], x["b"]])
+
+
+def _yf(y):
+    return jnp.concatenate([y[0], y[1]])
+
+
+def _lower_q(x, y, scale):
+    yf = _yf(y)
+    return 0.5 * yf @ (scale * _A) @ yf - yf @ (_B @ _xf(x))
+
+
+def _upper_q(x, y, scale):
+    del scale
+    return 0.5 * jnp.sum((_C @ _yf(y) - _d) ** 2) + 0.5 * _r * jnp.sum(_xf(x) ** 2)
+
+
+def _ystar(x, scale=1.0):
+    yf = jnp.linalg.solve(scale * _A, _B @ _xf(x))
+    return (yf[:4], yf[4:])
+
+
+def _closed_form(x, scale=1.0):
+    xf = _xf(x)
+    yf = jnp.linalg.solve(scale * _A, _B @ xf)
+    g = _B.T @ jnp.linalg.solve(scale * _A, _C.T @ (_C @ yf - _d)) + _r * xf
+    return {"a": g[:2], "b": g[2:]}
+
+
+_X = {"a": jnp.asarray([0.5, -1.0]), "b": jnp.asarray([0.2, 0.3, -0.7])}
+
+
+def _rel(a, b):
+    a, b = ravel_pytree(a)[0], ravel_pytree(b)[0]
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def _exact_inner(x, y, scale):
+    del y
+    return _ystar(x, scale)
+
+
+def test_aid_hypergradient_closed_form():
+    g, info = jax.jit(
+        lambda x: bilevel.hypergradient(_upper_q, _lower_q, x, _ystar(x), 1.0)
+    )(_X)
+    assert _rel(g, _closed_form(_X)) < 1e-9
+    assert info["result"] == RESULTS.successful
+    assert int(info["matvecs"]) >= int(info["steps"])
+
+
+def test_implicit_lower_grad_and_jvp_closed_form():
+    y_star = bilevel.implicit_lower(_lower_q, _exact_inner)
+    y0 = (jnp.zeros(4), jnp.zeros(3))
+
+    def outer(x):
+        return _upper_q(x, y_star(x, y0, 1.0), 1.0)
+
+    g = jax.jit(jax.grad(outer))(_X)
+    assert _rel(g, _closed_form(_X)) < 1e-9
+    # forward mode: jvp along a direction equals <closed form, direction>
+    t = {"a": jnp.asarray([1.0, 2.0]), "b": jnp.asarray([-1.0, 0.5, 0.25])}
+    _, dot = jax.jvp(outer, (_X,), (t,))
+    expect = sum(
+        jnp.vdot(a, b)
+        for a, b in zip(
+            jax.tree.leaves(_closed_form(_X)), jax.tree.leaves(t), strict=True
+        )
+    )
+    assert abs(float(dot - expect)) < 1e-9 * abs(float(expect))
+    # the adjoint (AID) path and the custom_root path agree
+    g2, _ = bilevel.hypergradient(_upper_q, _lower_q, _X, _ystar(_X), 1.0)
+    assert _rel(g2, g) < 1e-9
+
+
+def test_hypergradient_in_data_by_finite_differences():
+    # d/dscale of the hypergradient-free value F(x, y*(x, scale)) through custom_root
+    y_star = bilevel.implicit_lower(_lower_q, _exact_inner)
+    y0 = (jnp.zeros(4), jnp.zeros(3))
+
+    def value(s):
+        return _upper_q(_X, y_star(_X, y0, s), s)
+
+    g = jax.grad(value)(1.0)
+    h = 1e-6
+    fd = (_upper_q(_X, _ystar(_X, 1 + h), 0) - _upper_q(_X, _ystar(_X, 1 - h), 0)) / (
+        2 * h
+    )
+    assert abs(float(g - fd)) < 1e-6 * abs(float(fd))
+
+
+def test_aid_descends_quadratic_and_no_recompile():
+    method = bilevel.aid(
+        _upper_q, _lower_q, learning_rate=0.05, inner_lr=0.05, inner_steps=20
+    )
+    y0 = (jnp.zeros(4), jnp.zeros(3))
+    init = jax.jit(method.init)
+    step = jax.jit(method.step)
+    state = init(_X, y0, 1.0)
+    before = float(_upper_q(_X, _ystar(_X), 1.0))
+    for _ in range(30):
+        state = step(state, 1.0)
+    after = float(_upper_q(state.x, _ystar(state.x), 1.0))
+    assert after < before
+    assert step._cache_size() == 1
+    # a second problem of the same shapes: no recompilation
+    state = init(jax.tree.map(lambda a: a + 1, _X), y0, 2.0)
+    state = step(state, 2.0)
+    assert step._cache_size() == 1 and init._cache_size() == 1
+
+
+# --- LV-HBA on the toy --------------------------------------------------------------
+
+_TOY = lv_hba_toy()
+_TOY_SETTINGS = dict(
+    alpha=0.008, eta=0.012, gamma1=1.0, gamma2=1.0, c0=4.0, c_power=0.49
+)
+
+
+def _toy_method(**kw):
+    return bilevel.lv_hba(
+        _TOY.upper,
+        _TOY.lower,
+        constraint=_TOY.constraint,
+        project=_TOY.project,
+        equality=True,
+        **{**_TOY_SETTINGS, **kw},
+    )
+
+
+def test_lv_hba_reaches_toy_solution():
+    method = _toy_method()
+    sol = bilevel.run(
+        method, _TOY.x0, _TOY.y0, steps=150_000, progress=False, chunk=10_000
+    )
+    x, y = sol.value
+    err = float(_TOY.extra["relative_error"](x, y))
+    assert err <= 1e-3, err
+    assert sol.succeeded and int(sol.num_steps) == 150_000
+    assert sol.stats["upper"].shape == (150_000,)
+    # on the coupling hyperplane
+    assert abs(float(_TOY.constraint(x, y)[0])) < 1e-8
+
+
+def test_lv_hba_infeasible_start():
+    # without a projection, an infeasible start is a clear runtime error...
+    bad = bilevel.lv_hba(
+        _TOY.upper, _TOY.lower, constraint=_TOY.constraint, equality=True
+    )
+    with pytest.raises(Exception, match="infeasible"):
+        jax.jit(bad.init)(_TOY.x0, _TOY.y0)
+    # ...unless allowed
+    ok = bilevel.lv_hba(
+        _TOY.upper,
+        _TOY.lower,
+        constraint=_TOY.constraint,
+        equality=True,
+        infeasible_start="allow",
+    )
+    jax.jit(ok.init)(_TOY.x0, _TOY.y0)
+
+
+# --- bad inputs ---------------------------------------------------------------------
+
+
+def test_structure_mismatch_is_a_clear_error():
+    method = _toy_method()
+    with pytest.raises(ValueError, match="y of shapes"):
+        method.init(_TOY.x0, _TOY.y0[0])  # y must be a pair
+    with pytest.raises(ValueError, match="`lower`"):
+        method.init(_TOY.x0, (jnp.zeros(3), jnp.zeros(100)))
+    with pytest.raises(ValueError, match="floating"):
+        method.init(jnp.zeros(100, jnp.int32), _TOY.y0)
+    aid = bilevel.aid(_upper_q, _lower_q, learning_rate=0.1, inner_lr=0.1)
+    with pytest.raises(ValueError, match="must return a scalar"):
+        bilevel.aid(
+            lambda x, y, s: _yf(y), _lower_q, learning_rate=0.1, inner_lr=0.1
+        ).init(_X, (jnp.zeros(4), jnp.zeros(3)), 1.0)
+    with pytest.raises(ValueError, match="x0"):
+        aid.init({"a": jnp.zeros(2)}, (jnp.zeros(4), jnp.zeros(3)), 1.0)
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="inner_lr"):
+        bilevel.aid(_upper_q, _lower_q, learning_rate=0.1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        bilevel.aid(_upper_q, _lower_q, learning_rate=-1.0, inner_lr=0.1)
+    with pytest.raises(ValueError, match="alpha"):
+        bilevel.lv_hba(_upper_q, _lower_q, alpha=0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        bilevel.bo_rep(
+            _upper_q, _lower_q, learning_rate=0.1, inner_lr=0.1, momentum=1.0
+        )
+    with pytest.raises(ValueError, match="steps"):
+        bilevel.run(_toy_method(), _TOY.x0, _TOY.y0, steps=0)
+    with pytest.raises(ValueError, match="method"):
+        bilevel.run(object(), _TOY.x0, _TOY.y0, steps=1)
+
+
+def test_nonfinite_objective_keeps_last_finite_iterate():
+    # the upper objective overflows to inf once x grows past ~ 700 (exp)
+    def upper(x, y):
+        return jnp.sum(jnp.exp(x)) + jnp.sum(y**2)
+
+    def lower(x, y):
+        return 0.5 * jnp.sum((y - x) ** 2)
+
+    # ascent on x (a negative learning rate): exp(x) overflows after a few steps
+    method = bilevel.aid(upper, lower, optimizer=optax.sgd(-1.0), inner_lr=0.5)
+    sol = bilevel.run(
+        method,
+        jnp.zeros(2),
+        jnp.zeros(2),
+        steps=50,
+        progress=False,
+        throw=False,
+        chunk=4,
+    )
+    assert sol.result == RESULTS.nonfinite_value
+    x, y = sol.value
+    n = int(sol.num_steps)
+    assert 0 < n < 50 and sol.stats["upper"].shape == (n,)
+    assert np.isfinite(float(upper(x, y))) and np.all(np.isfinite(sol.stats["upper"]))
+    # the kept iterate is the one after the last finite step
+    assert float(upper(x, y)) == pytest.approx(float(sol.stats["upper"][-1]))
+    with pytest.raises(Exception, match="NaN or Inf"):
+        bilevel.run(method, jnp.zeros(2), jnp.zeros(2), steps=50, progress=False)
+
+
+# --- tasks: hyper-cleaning and l2 tuning ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cleaning():
+    return hyper_cleaning(n_train=300, n_val=200)
+
+
+def _lower_solution(task, x, steps=400):
+    """An accurate lower-level solution (many gradient steps)."""
+    inner = bilevel.gradient_steps(task.lower, 5.0, steps)
+    return jax.jit(inner)(x, task.y0, *task.data)
+
+
+def test_aid_and_bo_rep_lower_validation_loss_hyper_cleaning(cleaning):
+    task = cleaning
+    x0 = task.x0
+    start = float(task.upper(x0, _lower_solution(task, x0), *task.data))
+    aid = bilevel.aid(
+        task.upper,
+        task.lower,
+        optimizer=optax.adam(0.3),
+        inner_lr=5.0,
+        inner_steps=20,
+        backward_rtol=1e-6,
+    )
+    sol = bilevel.run(aid, x0, task.y0, *task.data, steps=40, progress=False)
+    x = sol.value[0]
+    end = float(task.upper(x, _lower_solution(task, x), *task.data))
+    assert end < start - 0.05, (start, end)
+    # the corrupted samples get the lower weights
+    corrupted = np.asarray(task.extra["corrupted"])
+    w = np.asarray(jax.nn.sigmoid(x))
+    assert w[corrupted].mean() < w[~corrupted].mean()
+    borep = bilevel.bo_rep(
+        task.upper,
+        task.lower,
+        learning_rate=0.5,
+        inner_lr=5.0,
+        inner_steps=20,
+        init_inner_steps=200,
+    )
+    sol = bilevel.run(
+        borep, x0, task.y0, *task.data, steps=150, progress=False, chunk=50
+    )
+    x = sol.value[0]
+    end = float(task.upper(x, _lower_solution(task, x), *task.data))
+    assert end < start - 0.05, (start, end)
+
+
+def test_l2_tuning_aid_bo_rep_itd_lower_validation_loss():
+    task = logistic_l2_tuning()
+    inner = bilevel.gradient_steps(task.lower, 0.5, 2000)
+    solve = jax.jit(inner)
+
+    def val(x):
+        return float(task.upper(x, solve(x, task.y0, *task.data), *task.data))
+
+    start = val(task.x0)
+    for method in [
+        bilevel.aid(
+            task.upper,
+            task.lower,
+            optimizer=optax.adam(0.1),
+            inner_lr=0.5,
+            inner_steps=50,
+        ),
+        bilevel.bo_rep(
+            task.upper, task.lower, learning_rate=0.2, inner_lr=0.5, inner_steps=50
+        ),
+        bilevel.itd(
+            task.upper,
+            task.lower,
+            optimizer=optax.adam(0.1),
+            inner_lr=0.5,
+            inner_steps=50,
+        ),
+    ]:
+        sol = bilevel.run(
+            method, task.x0, task.y0, *task.data, steps=30, progress=False
+        )
+        assert val(sol.value[0]) < start - 0.01, (method, start, val(sol.value[0]))
+
+
+# --- recycling ----------------------------------------------------------------------
+
+
+def test_deflated_cg_solves_and_differentiates():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    ev = np.logspace(-3, 0, 60)
+    a = jnp.asarray((q * ev) @ q.T)
+    b = jnp.asarray(rng.normal(size=60))
+    w = jnp.asarray(q[:, :8])
+    plain = jaxsolve.cg(a, b, rtol=1e-11)
+    sol = deflated_cg(a, b, basis=w, rtol=1e-11)
+    assert sol.succeeded and sol.num_steps < plain.num_steps
+    assert (
+        float(
+            jnp.linalg.norm(sol.value - jnp.linalg.solve(a, b))
+            / jnp.linalg.norm(sol.value)
+        )
+        < 1e-8
+    )
+    g = jax.grad(lambda b: jnp.sum(deflated_cg(a, b, basis=w, rtol=1e-12).value))(b)
+    assert float(jnp.linalg.norm(g - jnp.linalg.solve(a, jnp.ones(60)))) < 1e-7
+    with pytest.raises(ValueError, match="basis"):
+        deflated_cg(a, b, basis=jnp.zeros((59, 2)))
