@@ -10,6 +10,7 @@ from ._solution import RESULTS as RESULTS
 from ._solution import Solution as Solution
 from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
+from .solvers import bilevel as bilevel
 from .solvers import ot as ot
 from .solvers.linear import bicgstab as bicgstab
 from .solvers.linear import cg as cg

@@ -8,6 +8,8 @@ side and to the operator's arrays through ``jax.lax.custom_linear_solve``.
 
 from ._bicgstab import bicgstab as bicgstab
 from ._cg import cg as cg
+from ._deflated_cg import deflated_cg as deflated_cg
+from ._deflated_cg import recycled_cg as recycled_cg
 from ._dense import dense_solve as dense_solve
 from ._gmres import gmres as gmres
 from ._solve import LINEAR_METHODS as LINEAR_METHODS
