@@ -160,7 +160,7 @@ def hyper_cleaning(
     per-sample weights are ``sigmoid(x)``; lower variable ``y = {"W": (64, 10),
     "b": (10,)}``:
 
-        f(x, y) = mean_i sigmoid(x_i) CE(y; X_i, noisy_i) + (l2 / 2) ||W||^2
+        f(x, y) = mean_i sigmoid(x_i) CE(y; X_i, noisy_i) + (l2 / 2) ||y||^2
         F(x, y) = mean_j CE(y; Xval_j, val_j)       (clean validation labels)
 
     ``data = (X_train, noisy_labels, X_val, val_labels)``; ``extra`` holds the test
@@ -202,9 +202,10 @@ def hyper_cleaning(
     def lower(x, y, X, noisy, X_val, val_labels):
         del X_val, val_labels
         weights = jax.nn.sigmoid(x)
-        return jnp.mean(weights * multinomial_loss(y, X, noisy)) + 0.5 * l2 * jnp.sum(
-            y["W"] ** 2
-        )
+        # l2 on the bias too: the lower level is then strongly convex (the
+        # softmax is invariant to a shift of all biases).
+        penalty = jnp.sum(y["W"] ** 2) + jnp.sum(y["b"] ** 2)
+        return jnp.mean(weights * multinomial_loss(y, X, noisy)) + 0.5 * l2 * penalty
 
     def upper(x, y, X, noisy, X_val, val_labels):
         del x, X, noisy

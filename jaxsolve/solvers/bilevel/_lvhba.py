@@ -14,7 +14,7 @@ turns the bilevel problem into ``min (1/c_k) F + f - v`` over ``(x, y) in C``,
 
     theta  <- Proj_Y( theta - eta [grad_y f(x,theta) + J_y g(x,theta)^T lam
                            + (theta - y)/g1] )
-    lam    <- Proj_Z( lam + eta [g(x,theta) - (lam - z)/g2] )   (both from the old values)
+    lam    <- Proj_Z( lam + eta [g(x,theta) - (lam - z)/g2] )   (from the old values)
     d_x = grad_x F(x,y)/c_k + grad_x f(x,y) - grad_x f(x,theta) - J_x g(x,theta)^T lam
     d_y = grad_y F(x,y)/c_k + grad_y f(x,y) - (y - theta)/g1
     (x, y) <- Proj_C( (x, y) - alpha (d_x, d_y) )

@@ -47,6 +47,14 @@ def _pinv_sym(e: Array) -> Array:
     return (u * inv) @ u.T
 
 
+def _orthonormal_columns(w: Array) -> Array:
+    """Orthonormal columns spanning ``span(w)`` (same shape; columns beyond its
+    numerical rank, a relative cut of 1e-6 on singular values, are zero)."""
+    s, u = jnp.linalg.eigh(w.T @ w)
+    keep = s > 1e-12 * jnp.maximum(jnp.max(s), jnp.finfo(w.dtype).tiny)
+    return w @ (u * jnp.where(keep, lax.rsqrt(jnp.where(keep, s, 1)), 0))
+
+
 def _deflated_cg_loop(
     matvec, b, x0, r, precond, tol, max_steps, input_code, *, basis, record
 ):
@@ -59,6 +67,10 @@ def _deflated_cg_loop(
     n, k = b.shape[0], basis.shape[1]
     w = basis.astype(b.dtype)
     if k:
+        # An orthonormal basis of span(W) first (dependent or zero columns become
+        # zero): nearly dependent columns, e.g. successive solutions, would make
+        # W^T A W ill-conditioned and cost the directions their A-orthogonality.
+        w = _orthonormal_columns(w)
         aw = jax.vmap(matvec, in_axes=1, out_axes=1)(w)  # k products, one call
         e_inv = _pinv_sym(w.T @ aw)
         mu = e_inv @ (w.T @ r)
@@ -140,7 +152,17 @@ def _deflated_cg_loop(
     return state[0], state[5], num_steps, extras
 
 
-def ritz_basis(basis, aw, p_rec, ap_rec, recorded, k: int) -> Array:
+def ritz_basis(
+    basis,
+    aw,
+    p_rec,
+    ap_rec,
+    recorded,
+    k: int,
+    *,
+    largest: bool = False,
+    return_values: bool = False,
+):
     r"""The ``k`` Ritz vectors of the smallest Ritz values of ``A`` on
     ``span{W, P}`` (Rayleigh-Ritz: ``Z^T A Z y = theta Z^T Z y``), orthonormal
     columns; columns beyond the subspace's dimension are zero.
@@ -163,11 +185,18 @@ def ritz_basis(basis, aw, p_rec, ap_rec, recorded, k: int) -> Array:
     g = t.T @ (z.T @ az) @ t
     g = 0.5 * (g + g.T)
     big = 1e3 * (1 + jnp.max(jnp.abs(g)))
-    theta, q = jnp.linalg.eigh(g + jnp.diag(jnp.where(keep, 0, big)))
-    del theta
+    if largest:
+        # dropped directions last in descending order
+        theta, q = jnp.linalg.eigh(g - jnp.diag(jnp.where(keep, 0, big)))
+        theta, q = theta[::-1], q[:, ::-1]
+    else:
+        theta, q = jnp.linalg.eigh(g + jnp.diag(jnp.where(keep, 0, big)))
     y = t @ q[:, :k]
     valid = jnp.arange(k) < jnp.sum(keep)
-    return (z @ y) * valid
+    vectors = (z @ y) * valid
+    if return_values:
+        return vectors, jnp.where(valid, theta[:k], 0)
+    return vectors
 
 
 def recycled_cg(
@@ -180,6 +209,7 @@ def recycled_cg(
     atol=0.0,
     max_steps: int,
     record: int,
+    ritz: int | None = None,
     preconditioner=None,
 ):
     r"""One solve of a sequence of SPD systems ``A_t x = b_t`` (flat vectors), with
@@ -187,12 +217,12 @@ def recycled_cg(
 
     :func:`deflated_cg` from ``x0`` (``throw=False``: the caller inspects the
     code), recording the first ``record`` search directions; returns the
-    :class:`jaxsolve.Solution` and ``new_basis`` (``basis``'s shape ``(n, k)``):
-    the ``k`` Ritz vectors of the smallest Ritz values of ``A_t`` on
+    :class:`jaxsolve.Solution` and ``new_basis`` (``(n, ritz)``, default
+    ``basis``'s shape ``(n, k)``): the ``ritz`` Ritz vectors of the smallest Ritz values of ``A_t`` on
     ``span{basis, p_0, ..., p_{record-1}}`` (:func:`ritz_basis`).
     ``solution.stats["matvecs"]`` counts every operator product of the solve.
     """
-    k = basis.shape[1]
+    k = basis.shape[1] if ritz is None else check_static_int(ritz, "ritz")
     record = check_static_int(record, "record")
     if k and record == 0:
         raise ValueError("`record` must be >= 1 to refresh a non-empty `basis`")
@@ -209,7 +239,7 @@ def recycled_cg(
         throw=False,
     )
     if not k:
-        return sol, basis
+        return sol, basis[:, :0]
     p_rec, ap_rec, aw, recorded = sol.aux["recycle"]
     return sol, ritz_basis(basis, aw, p_rec, ap_rec, recorded, k)
 
