@@ -15,8 +15,10 @@ from .solvers import ot as ot
 from .solvers.linear import bicgstab as bicgstab
 from .solvers.linear import cg as cg
 from .solvers.linear import dense_solve as dense_solve
+from .solvers.linear import gcrodr as gcrodr
 from .solvers.linear import gmres as gmres
 from .solvers.linear import linear_solve as linear_solve
+from .solvers.linear import solve_family as solve_family
 from .solvers.ot import OTSolution as OTSolution
 from .solvers.ot import sinkhorn as sinkhorn
 from .solvers.ot import sinkhorn_newton_sparse as sinkhorn_newton_sparse

@@ -1,5 +1,11 @@
 """Ready-made problems (data and operators only; no solver is imported here)."""
 
+from .families import PDEFamily as PDEFamily
+from .families import darcy_family as darcy_family
+from .families import gaussian_random_field as gaussian_random_field
+from .families import heat_family as heat_family
+from .families import helmholtz_family as helmholtz_family
+from .families import poisson_family as poisson_family
 from .pde import convection_diffusion_2d as convection_diffusion_2d
 from .pde import poisson_2d as poisson_2d
 from .regression import logistic_loss as logistic_loss

@@ -11,6 +11,11 @@ from ._cg import cg as cg
 from ._deflated_cg import deflated_cg as deflated_cg
 from ._deflated_cg import recycled_cg as recycled_cg
 from ._dense import dense_solve as dense_solve
+from ._family import greedy_order as greedy_order
+from ._family import solve_family as solve_family
+from ._gcrodr import RecycleSolution as RecycleSolution
+from ._gcrodr import RecycleSpace as RecycleSpace
+from ._gcrodr import gcrodr as gcrodr
 from ._gmres import gmres as gmres
 from ._solve import LINEAR_METHODS as LINEAR_METHODS
 from ._solve import linear_solve as linear_solve
