@@ -186,7 +186,8 @@ def aid(
     Rayleigh-Ritz on the old basis and the first ``recycle_record`` CG directions,
     together with the last ``recycle_solutions`` adjoint solutions (so the solve
     starts from the best combination of them, in the Hessian's norm: Fischer's
-    projection for successive right-hand sides, CMAME 1998). ``state.info`` records ``backward_matvecs``
+    projection for successive right-hand sides, CMAME 1998).
+    ``state.info`` records ``backward_matvecs``
     (Hessian products, including the ``recycle_dim`` for the basis), ``backward_steps``
     and ``backward_result`` for every step.
 

@@ -218,7 +218,8 @@ def recycled_cg(
     :func:`deflated_cg` from ``x0`` (``throw=False``: the caller inspects the
     code), recording the first ``record`` search directions; returns the
     :class:`jaxsolve.Solution` and ``new_basis`` (``(n, ritz)``, default
-    ``basis``'s shape ``(n, k)``): the ``ritz`` Ritz vectors of the smallest Ritz values of ``A_t`` on
+    ``basis``'s shape ``(n, k)``): the ``ritz`` Ritz vectors of the smallest Ritz
+    values of ``A_t`` on
     ``span{basis, p_0, ..., p_{record-1}}`` (:func:`ritz_basis`).
     ``solution.stats["matvecs"]`` counts every operator product of the solve.
     """
