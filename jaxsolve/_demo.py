@@ -487,6 +487,84 @@ def _sns_envelope(repeats: int) -> dict:
 
 
 # --------------------------------------------------------------------------------
+# Bilevel optimisation.
+
+
+def _bilevel_quadratic():
+    """``f = y^T A y / 2 - y^T B x``, ``F = ||C y - d||^2 / 2``: ``y* = A^{-1} B x``
+    and the hypergradient ``B^T A^{-1} C^T (C y* - d)`` in closed form."""
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(40, 40))
+    a = jnp.asarray(m @ m.T / 40 + 0.1 * np.eye(40))
+    b, c = (
+        jnp.asarray(rng.normal(size=(40, 10))),
+        jnp.asarray(rng.normal(size=(20, 40))),
+    )
+    d, x = jnp.asarray(rng.normal(size=20)), jnp.asarray(rng.normal(size=10))
+
+    def lower(x, y):
+        return 0.5 * y @ a @ y - y @ (b @ x)
+
+    def upper(x, y):
+        return 0.5 * jnp.sum((c @ y - d) ** 2)
+
+    y = jnp.linalg.solve(a, b @ x)
+    exact = b.T @ jnp.linalg.solve(a, c.T @ (c @ y - d))
+    return upper, lower, x, y, exact
+
+
+@row("Quadratic bilevel (10 upper, 40 lower)", "bilevel.hypergradient", tol=1e-8)
+def _bilevel_hypergradient(repeats: int) -> dict:
+    from .solvers.bilevel import hypergradient
+
+    upper, lower, x, y, exact = _bilevel_quadratic()
+    (grad, info), seconds = timed(
+        lambda x, y: hypergradient(upper, lower, x, y), x, y, repeats=repeats
+    )
+    return {
+        "iterations": int(info["steps"]),
+        "time": seconds,
+        "error": relative_error(grad, exact),
+        "reference": "closed form",
+    }
+
+
+@row("LV-HBA toy (x in R^100, y in R^200)", "bilevel.lv_hba, 120k steps", tol=1e-3)
+def _bilevel_lv_hba_toy(repeats: int) -> dict:
+    from .problems.bilevel import lv_hba_toy
+    from .solvers.bilevel import lv_hba
+
+    task = lv_hba_toy()
+    method = lv_hba(
+        task.upper,
+        task.lower,
+        constraint=task.constraint,
+        project=task.project,
+        equality=True,
+        alpha=0.008,
+        eta=0.012,
+        gamma1=1.0,
+        gamma2=1.0,
+        c0=4.0,
+        c_power=0.49,
+    )
+
+    def solve(x0, y0):
+        state = lax.fori_loop(
+            0, 120_000, lambda _, s: method.step(s), method.init(x0, y0)
+        )
+        return state.x, state.y
+
+    (x, y), seconds = timed(solve, task.x0, task.y0, repeats=min(repeats, 2))
+    return {
+        "iterations": 120_000,
+        "time": seconds,
+        "error": float(task.extra["relative_error"](x, y)),
+        "reference": "known solution (-0.3, 0.7, -0.4)",
+    }
+
+
+# --------------------------------------------------------------------------------
 # Running and printing.
 
 
