@@ -100,7 +100,7 @@ def test_implicit_lower_grad_and_jvp_closed_form():
     assert _rel(g, _closed_form(_X)) < 1e-9
     # forward mode: jvp along a direction equals <closed form, direction>
     t = {"a": jnp.asarray([1.0, 2.0]), "b": jnp.asarray([-1.0, 0.5, 0.25])}
-    _, dot = jax.jvp(outer, (_X,), (t,))
+    _, dot = jax.jit(lambda x, t: jax.jvp(outer, (x,), (t,)))(_X, t)
     expect = sum(
         jnp.vdot(a, b)
         for a, b in zip(
@@ -109,7 +109,9 @@ def test_implicit_lower_grad_and_jvp_closed_form():
     )
     assert abs(float(dot - expect)) < 1e-9 * abs(float(expect))
     # the adjoint (AID) path and the custom_root path agree
-    g2, _ = bilevel.hypergradient(_upper_q, _lower_q, _X, _ystar(_X), 1.0)
+    g2, _ = jax.jit(
+        lambda x: bilevel.hypergradient(_upper_q, _lower_q, x, _ystar(x), 1.0)
+    )(_X)
     assert _rel(g2, g) < 1e-9
 
 
@@ -281,6 +283,7 @@ def _lower_solution(task, x, steps=400):
     return jax.jit(inner)(x, task.y0, *task.data)
 
 
+@pytest.mark.slow
 def test_aid_and_bo_rep_lower_validation_loss_hyper_cleaning(cleaning):
     task = cleaning
     x0 = task.x0
@@ -361,8 +364,8 @@ def test_deflated_cg_solves_and_differentiates():
     a = jnp.asarray((q * ev) @ q.T)
     b = jnp.asarray(rng.normal(size=60))
     w = jnp.asarray(q[:, :8])
-    plain = jaxsolve.cg(a, b, rtol=1e-11)
-    sol = deflated_cg(a, b, basis=w, rtol=1e-11)
+    plain = jax.jit(lambda a, b: jaxsolve.cg(a, b, rtol=1e-11))(a, b)
+    sol = jax.jit(lambda a, b, w: deflated_cg(a, b, basis=w, rtol=1e-11))(a, b, w)
     assert sol.succeeded and sol.num_steps < plain.num_steps
     assert (
         float(
@@ -371,7 +374,9 @@ def test_deflated_cg_solves_and_differentiates():
         )
         < 1e-8
     )
-    g = jax.grad(lambda b: jnp.sum(deflated_cg(a, b, basis=w, rtol=1e-12).value))(b)
+    g = jax.jit(
+        jax.grad(lambda b: jnp.sum(deflated_cg(a, b, basis=w, rtol=1e-12).value))
+    )(b)
     assert float(jnp.linalg.norm(g - jnp.linalg.solve(a, jnp.ones(60)))) < 1e-7
     with pytest.raises(ValueError, match="basis"):
         deflated_cg(a, b, basis=jnp.zeros((59, 2)))
@@ -395,7 +400,6 @@ def test_recycled_backward_solves_same_hypergradient_fewer_matvecs(cleaning):
     Hessian products per step after warm-up fall."""
     task = cleaning
     recycled = _aid_cleaning(task, True)
-    plain = _aid_cleaning(task, False)
     step = jax.jit(recycled.step)
 
     @jax.jit
@@ -405,7 +409,7 @@ def test_recycled_backward_solves_same_hypergradient_fewer_matvecs(cleaning):
 
     state = jax.jit(recycled.init)(task.x0, task.y0, *task.data)
     counts_recycled, counts_plain = [], []
-    for _ in range(30):
+    for _ in range(20):
         x = state.x
         state = step(state, *task.data)
         g_fresh, mv = fresh(x, state.y)
@@ -413,12 +417,9 @@ def test_recycled_backward_solves_same_hypergradient_fewer_matvecs(cleaning):
         assert int(state.info["backward_result"]) == 0
         counts_recycled.append(int(state.info["backward_matvecs"]))
         counts_plain.append(int(mv))
-    warm = slice(10, None)
+    warm = slice(8, None)
     ratio = np.mean(counts_plain[warm]) / np.mean(counts_recycled[warm])
     assert ratio > 1.25, (counts_plain, counts_recycled)
-    # the plain method counts the same as the fresh solves
-    sol = bilevel.run(plain, task.x0, task.y0, *task.data, steps=3, progress=False)
-    assert np.all(np.asarray(sol.stats["backward_matvecs"]) > 0)
 
 
 def test_vmap_over_seeds_and_pytrees():
@@ -426,18 +427,18 @@ def test_vmap_over_seeds_and_pytrees():
     method = bilevel.aid(
         task.upper, task.lower, optimizer=optax.adam(0.1), inner_lr=0.5, inner_steps=20
     )
-    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
     x0s = jax.vmap(lambda k: 0.5 * jax.random.normal(k, task.x0.shape))(keys)
     init = jax.jit(jax.vmap(method.init, in_axes=(0, None) + (None,) * len(task.data)))
     step = jax.jit(jax.vmap(method.step, in_axes=(0,) + (None,) * len(task.data)))
     states = init(x0s, task.y0, *task.data)
-    for _ in range(3):
+    for _ in range(2):
         states = step(states, *task.data)
     # each batch element equals its own unbatched run
     single_init, single_step = jax.jit(method.init), jax.jit(method.step)
-    for i in range(3):
+    for i in range(2):
         s = single_init(x0s[i], task.y0, *task.data)
-        for _ in range(3):
+        for _ in range(2):
             s = single_step(s, *task.data)
         pick = functools.partial(jax.tree.map, lambda a, i=i: a[i])
         assert _rel(pick(states.x), s.x) < 1e-10
@@ -445,7 +446,13 @@ def test_vmap_over_seeds_and_pytrees():
     assert step._cache_size() == 1
     # the lower variable is a dict pytree and stays one
     assert set(states.y) == {"w", "b"}
-    # LV-HBA and BO-REP and ITD under vmap too
+
+
+@pytest.mark.slow
+def test_vmap_other_methods():
+    task = logistic_l2_tuning()
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x0s = jax.vmap(lambda k: 0.5 * jax.random.normal(k, task.x0.shape))(keys)
     for m in [
         bilevel.bo_rep(task.upper, task.lower, learning_rate=0.1, inner_lr=0.5),
         bilevel.itd(task.upper, task.lower, learning_rate=1.0, inner_lr=0.5),

@@ -30,6 +30,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from ..._checks import check_static_int
+from ..._solution import RESULTS
 from ...implicit import custom_root
 from ..linear._deflated_cg import recycled_cg
 from ._inner import check_rate, make_inner
@@ -163,7 +164,7 @@ def aid(
     inner_lr: float | None = None,
     inner_steps: int = 10,
     init_inner_rounds: int = 10,
-    backward_rtol: float = 1e-10,
+    backward_rtol: float | None = None,
     backward_max_steps: int | None = None,
     recycle: bool = False,
     recycle_dim: int = 10,
@@ -176,7 +177,8 @@ def aid(
     Each step: ``y <- inner(x, y, *data)`` (warm-started: by default
     ``inner_steps`` gradient steps of size ``inner_lr`` on ``f(x, .)``), the
     hypergradient at ``(x, y)`` (:func:`hypergradient`: CG on
-    ``(hess_yy f) v = grad_y F`` to ``backward_rtol``), then ``x`` by ``optimizer``
+    ``(hess_yy f) v = grad_y F`` to ``backward_rtol``, default ``eps ** 0.625`` of
+    the dtype: 1.6e-10 in float64, 5e-5 in float32), then ``x`` by ``optimizer``
     (any optax transformation; default ``optax.sgd(learning_rate)``), projected by
     ``project_x`` if given. ``init`` refines ``y0`` by ``init_inner_rounds``
     calls of ``inner``.
@@ -203,7 +205,8 @@ def aid(
         )
     inner_fn = make_inner(lower, inner, inner_lr, inner_steps, None, "aid")
     rounds = check_static_int(init_inner_rounds, "init_inner_rounds")
-    backward_rtol = check_rate(backward_rtol, "backward_rtol")
+    if backward_rtol is not None:
+        backward_rtol = check_rate(backward_rtol, "backward_rtol")
     k = check_static_int(recycle_dim, "recycle_dim") if recycle else 0
     q = check_static_int(recycle_solutions, "recycle_solutions") if recycle else 0
     record = check_static_int(recycle_record, "recycle_record", 1) if recycle else 0
@@ -234,19 +237,27 @@ def aid(
     def step(state: AIDState, *data) -> AIDState:
         x = state.x
         y = inner_fn(x, state.y, *data)
+        dtype = state.v.dtype
+        # eps ** 0.625: about 1.6e-10 in float64, 5e-5 in float32.
+        rtol = (
+            float(jnp.finfo(dtype).eps) ** 0.625
+            if backward_rtol is None
+            else backward_rtol
+        )
         grad, h = hypergradient(
             upper,
             lower,
             x,
             y,
             *data,
-            rtol=backward_rtol,
+            rtol=rtol,
             max_steps=backward_max_steps,
             v0=state.v if recycle else None,
             basis=state.basis,
             record=record,
             ritz=k,
         )
+        ok = h["result"] == RESULTS.successful
         updates, opt_state = optimizer.update(grad, state.opt_state, x)
         x = optax.apply_updates(x, updates)
         if project_x is not None:
@@ -261,8 +272,12 @@ def aid(
             y=y,
             opt_state=opt_state,
             grad=grad,
-            v=h["v"],
-            basis=_next_basis(h["basis"], h["v"], state.basis[:, k:]),
+            # A failed backward solve (its best iterate is used, and the code
+            # recorded) does not refresh the recycle space.
+            v=jnp.where(ok, h["v"], state.v),
+            basis=jnp.where(
+                ok, _next_basis(h["basis"], h["v"], state.basis[:, k:]), state.basis
+            ),
             step_count=state.step_count + 1,
             info=info,
         )
