@@ -463,3 +463,45 @@ def test_vmap_other_methods():
         )
         st = jax.vmap(m.step, in_axes=(0,) + (None,) * len(task.data))(st, *task.data)
         assert np.all(np.isfinite(np.asarray(ravel_pytree(st.x)[0])))
+
+
+@pytest.mark.parametrize("name", ["lv_hba", "bo_rep", "itd"])
+def test_step_jits_without_recompiling(name):
+    make = {
+        "lv_hba": lambda: bilevel.lv_hba(
+            _upper_q, _lower_q, alpha=0.01, eta=0.05, c0=1.0
+        ),
+        "bo_rep": lambda: bilevel.bo_rep(
+            _upper_q, _lower_q, learning_rate=0.05, inner_lr=0.05, inner_steps=5
+        ),
+        "itd": lambda: bilevel.itd(
+            _upper_q, _lower_q, learning_rate=0.05, inner_lr=0.05, inner_steps=5
+        ),
+    }
+    method = make[name]()
+    y0 = (jnp.zeros(4), jnp.zeros(3))
+    init, step = jax.jit(method.init), jax.jit(method.step)
+    state = init(_X, y0, 1.0)
+    before = float(_upper_q(state.x, _ystar(state.x), 1.0))
+    for _ in range(40):
+        state = step(state, 1.0)
+    state2 = step(init(jax.tree.map(lambda a: 2 * a, _X), y0, 2.0), 2.0)
+    assert init._cache_size() == 1 and step._cache_size() == 1
+    assert jax.tree.structure(state2.x) == jax.tree.structure(_X)
+    after = float(_upper_q(state.x, _ystar(state.x), 1.0))
+    assert np.isfinite(after) and after < before
+
+
+def test_float32_hypergradient():
+    x32 = jax.tree.map(lambda a: a.astype(jnp.float32), _X)
+    y32 = jax.tree.map(lambda a: a.astype(jnp.float32), _ystar(_X))
+
+    def lower(x, y, s):
+        return _lower_q(x, y, s).astype(jnp.float32)
+
+    g, info = jax.jit(
+        lambda x, y: bilevel.hypergradient(_upper_q, lower, x, y, 1.0, rtol=1e-5)
+    )(x32, y32)
+    assert jax.tree.leaves(g)[0].dtype == jnp.float32
+    assert info["result"] == RESULTS.successful
+    assert _rel(g, _closed_form(_X)) < 1e-4
