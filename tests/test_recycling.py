@@ -1,0 +1,412 @@
+"""Krylov subspace recycling: the Arnoldi kernel, GCRO-DR, solve_family and the
+PDE families, against scipy and against the algebra they must satisfy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg as sla
+import scipy.sparse.linalg as spla
+
+import jaxsolve
+from jaxsolve import RESULTS
+from jaxsolve.problems import (
+    convection_diffusion_2d,
+    darcy_family,
+    heat_family,
+    helmholtz_family,
+    poisson_2d,
+    poisson_family,
+)
+from jaxsolve.solvers.linear import RecycleSpace, gcrodr, greedy_order, solve_family
+from jaxsolve.solvers.linear._arnoldi import arnoldi_cycle, least_squares_solution
+from jaxsolve.solvers.linear._gcrodr import _ritz_subspace, _subspace_by_iteration
+
+
+def _dense(n=30, seed=0, shift=1.2):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, n)) / np.sqrt(n) + shift * np.eye(n), rng.normal(size=n)
+
+
+# ----------------------------------------------------------------------------
+# The Arnoldi / least-squares kernel.
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_arnoldi_relation_and_least_squares(start):
+    """A V_hat = W^T G with orthonormal W, and y solves min ||beta e_p - G y||."""
+    a, b = _dense()
+    m, n = 10, a.shape[0]
+    a = jnp.asarray(a)
+    rng = np.random.default_rng(1)
+    # A recycled block: U (k random vectors), C = orthonormalised A U.
+    u = rng.normal(size=(start, n))
+    q, r = np.linalg.qr(np.asarray(a) @ u.T)
+    c_rows, u_rows = q.T, np.linalg.solve(r.T, u)  # A U R^-1 = Q
+    d = 1 / np.linalg.norm(u_rows, axis=1) if start else np.zeros(0)
+    ud = u_rows * d[:, None] if start else u_rows
+    r0 = np.asarray(b) - c_rows.T @ (c_rows @ np.asarray(b))
+    beta = np.linalg.norm(r0)
+    basis = np.zeros((m + 1, n))
+    basis[:start] = c_rows
+    basis[start] = r0 / beta
+    hess = np.zeros((m + 1, m))
+    hess[np.arange(start), np.arange(start)] = d
+    cyc = arnoldi_cycle(
+        lambda v: a @ v,
+        jnp.asarray(basis),
+        jnp.asarray(hess),
+        start,
+        jnp.asarray(beta),
+        jnp.asarray(0.0),
+        jnp.asarray(100),
+    )
+    assert int(cyc.steps) == m - start
+    w = np.asarray(cyc.basis)
+    np.testing.assert_allclose(w @ w.T, np.eye(m + 1), atol=1e-12)
+    v_hat = np.concatenate([ud, w[start:m]])
+    g = np.asarray(cyc.hess)
+    np.testing.assert_allclose(
+        np.asarray(a) @ v_hat.T, w.T @ g, atol=1e-12 * np.abs(g).max()
+    )
+    y = np.asarray(least_squares_solution(cyc, start))
+    rhs = np.zeros(m + 1)
+    rhs[start] = beta
+    ref = np.linalg.lstsq(g, rhs, rcond=None)[0]
+    np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        float(cyc.residual_estimate(start)), np.linalg.norm(rhs - g @ ref), rtol=1e-8
+    )
+
+
+def test_harmonic_ritz_subspace_matches_scipy_eig():
+    """With enough orthogonal-iteration steps the recycle subspace is the span of
+    the k harmonic Ritz vectors of smallest |theta| (scipy's generalised eig)."""
+    a, b = _dense(40, seed=2, shift=0.3)
+    m, k, n = 16, 4, a.shape[0]
+    basis = np.zeros((m + 1, n))
+    basis[0] = b / np.linalg.norm(b)
+    cyc = arnoldi_cycle(
+        lambda v: jnp.asarray(a) @ v,
+        jnp.asarray(basis),
+        jnp.zeros((m + 1, m)),
+        0,
+        jnp.asarray(np.linalg.norm(b)),
+        jnp.asarray(0.0),
+        jnp.asarray(100),
+    )
+    g = np.asarray(cyc.hess)
+    theta, z = sla.eig(g.T @ g, g.T @ np.eye(m + 1, m))
+    idx = np.argsort(np.abs(theta))
+    # k must not split a complex-conjugate pair (then the span is not defined).
+    k = next(j for j in (4, 5, 6) if abs(theta[idx[j]]) > 1.01 * abs(theta[idx[j - 1]]))
+    # On CPU _ritz_subspace takes the exact eigenvectors; orthogonal iteration
+    # (the GPU/TPU path) converges to the same span.
+    exact = np.asarray(_ritz_subspace(cyc, 0, jnp.zeros((k, n)), k, iterations=0))
+    kmat = np.linalg.lstsq(g, np.eye(m + 1, m), rcond=None)[0]  # G^+ W^T V_hat
+    iterated = np.asarray(_subspace_by_iteration(jnp.asarray(kmat), k, 300))
+    # The real span of the wanted vectors: their real and imaginary parts.
+    wanted = z[:, idx[:k]]
+    ref = sla.orth(np.concatenate([wanted.real, wanted.imag], 1))
+    assert ref.shape[1] == k
+    for p in (exact, iterated):
+        angles = sla.subspace_angles(p, ref)
+        assert np.max(angles) < 1e-6, angles
+
+
+# ----------------------------------------------------------------------------
+# GCRO-DR.
+
+
+@pytest.fixture(scope="module")
+def convection():
+    matvec, b = convection_diffusion_2d(12, velocity=(20.0, 10.0))
+    return matvec, b
+
+
+def _assemble(matvec, shape):
+    n = int(np.prod(shape))
+    eye = jnp.eye(n).reshape((n, *shape))
+    return np.asarray(jax.vmap(lambda e: matvec(e).reshape(-1))(eye)).T
+
+
+def test_gcrodr_agrees_with_scipy_and_gmres(convection):
+    matvec, b = convection
+    sol = jax.jit(lambda b: gcrodr(matvec, b, m=20, k=8, rtol=1e-10))(b)
+    a = _assemble(matvec, b.shape)
+    exact = np.linalg.solve(a, np.asarray(b).ravel())
+    np.testing.assert_allclose(sol.value.ravel(), exact, rtol=1e-8)
+    ref, info = spla.gmres(a, np.asarray(b).ravel(), rtol=1e-10, restart=20)
+    assert info == 0
+    np.testing.assert_allclose(sol.value.ravel(), ref, rtol=1e-6)
+    assert float(sol.residual) <= 1e-10 * float(jnp.linalg.norm(b))
+    # The recycle space: A U = C with orthonormal C.
+    u, c = np.asarray(sol.recycle.U), np.asarray(sol.recycle.C)
+    assert u.shape == c.shape == (b.size, 8)
+    np.testing.assert_allclose(a @ u, c, atol=1e-10)
+    np.testing.assert_allclose(c.T @ c, np.eye(8), atol=1e-10)
+
+
+def _counted(matvec):
+    """``matvec`` that counts its executions (a host callback per product)."""
+    count = [0]
+
+    def tick(_):
+        count[0] += 1
+
+    def counted(x):
+        # The callback takes x, so that tracing (a transpose, say) cannot run it.
+        jax.debug.callback(tick, x.ravel()[0])
+        return matvec(x)
+
+    return counted, count
+
+
+@pytest.mark.parametrize("method", ["cg", "gmres", "bicgstab", "gcrodr"])
+def test_matvecs_stat_counts_every_product(method):
+    matvec, b = poisson_2d(6)
+    counted, count = _counted(matvec)
+    solver = getattr(jaxsolve, method)
+    sol = solver(counted, b, rtol=1e-10)
+    jax.block_until_ready(sol.value)
+    assert int(sol.stats["matvecs"]) == count[0], (int(sol.stats["matvecs"]), count)
+    if method == "gcrodr":  # and with a recycle space (k products more)
+        count[0] = 0
+        again = gcrodr(counted, b * 1.01, rtol=1e-10, recycle=sol.recycle)
+        jax.block_until_ready(again.value)
+        assert int(again.stats["matvecs"]) == count[0]
+
+
+def test_gcrodr_converges_where_gmres_stagnates():
+    """An indefinite shifted Laplacian (19 negative eigenvalues): GMRES(12) is
+    still at a relative residual ~1e-6 after 4000 steps; GCRO-DR(12, 6), deflating
+    the eigenvalues near zero, reaches 1e-8 in about 1200."""
+    lap, _ = poisson_2d(16)
+    matvec = lambda u: lap(u) - 300.0 * u  # noqa: E731
+    b = jnp.asarray(np.random.default_rng(0).normal(size=(16, 16)))
+    g = jaxsolve.gmres(matvec, b, rtol=1e-8, restart=12, max_steps=4000, throw=False)
+    assert not bool(g.succeeded)
+    assert float(g.residual) > 1e-7 * float(jnp.linalg.norm(b))
+    s = gcrodr(matvec, b, m=12, k=6, rtol=1e-8, max_steps=4000)
+    assert bool(s.succeeded)
+    assert float(s.residual) <= 1e-8 * float(jnp.linalg.norm(b))
+    assert int(s.num_steps) < 2500
+
+
+def test_recycling_lowers_matvecs_along_a_slowly_varying_sequence():
+    """An indefinite shifted Laplacian whose shift grows slowly (a Helmholtz-like
+    sequence): each system recycles the previous one's space and needs fewer
+    products than a fresh GCRO-DR solve, and far fewer than GMRES(m), which
+    stagnates (asserted on counts)."""
+    lap, _ = poisson_2d(16)
+    make = lambda s: lambda u: lap(u) - s * u  # noqa: E731
+    shifts = jnp.linspace(300.0, 310.0, 4)
+    b = jnp.asarray(np.random.default_rng(0).normal(size=(16, 16)))
+    opts = dict(m=20, k=10, rtol=1e-8, max_steps=3000)
+    rec = solve_family(make, shifts, b, order="given", **opts)
+    alone = jax.vmap(lambda s: gcrodr(make(s), b, **opts))(shifts)
+    gm = solve_family(
+        make,
+        shifts,
+        b,
+        method="gmres",
+        restart=20,
+        rtol=1e-8,
+        max_steps=3000,
+        throw=False,
+    )
+    assert bool(jnp.all(rec.succeeded)) and bool(jnp.all(alone.succeeded))
+    assert not bool(jnp.any(gm.succeeded))
+    rec_mv = np.asarray(rec.stats["matvecs"])
+    alone_mv = np.asarray(alone.stats["matvecs"])
+    # The first system has nothing to recycle: the same products as alone.
+    assert rec_mv[0] == alone_mv[0]
+    assert np.all(rec_mv[1:] < 0.85 * alone_mv[1:]), (rec_mv, alone_mv)
+    assert rec_mv.sum() < 0.15 * np.asarray(gm.stats["matvecs"]).sum()
+    np.testing.assert_allclose(rec.value, alone.value, rtol=1e-6, atol=1e-9)
+
+
+def test_gcrodr_recycle_under_jit_without_retrace_and_float32(convection):
+    """A recycle space passed into a jitted solve: no retrace, fewer products for
+    a related right-hand side. (jit/vmap/jvp/vjp/float32 of the solve itself run
+    in the shared test matrix: cases gcrodr/dense and gcrodr/recycled-stencil.)"""
+    matvec, b = convection
+    traces = [0]
+
+    @jax.jit
+    def solve(b, recycle):
+        traces[0] += 1
+        return gcrodr(matvec, b, m=16, k=6, rtol=1e-9, recycle=recycle)
+
+    zeros = RecycleSpace(U=jnp.zeros((b.size, 6)), C=jnp.zeros((b.size, 6)))
+    first = solve(b, zeros)
+    second = solve(2 * b + 0.1, first.recycle)
+    assert traces[0] == 1
+    assert bool(first.succeeded) and bool(second.succeeded)
+    again = solve(2 * b + 0.1, zeros)  # the same system without recycling
+    np.testing.assert_allclose(second.value, again.value, rtol=1e-7)
+    assert int(second.stats["matvecs"]) < int(again.stats["matvecs"])
+    op32, b32 = convection_diffusion_2d(12, velocity=(20.0, 10.0), dtype=jnp.float32)
+    s32 = jax.jit(lambda b: gcrodr(op32, b, m=16, k=6, rtol=1e-5))(b32)
+    assert s32.value.dtype == jnp.float32 and s32.recycle.U.dtype == jnp.float32
+    assert float(s32.residual) <= 1e-5 * float(jnp.linalg.norm(b32)) * 1.01
+
+
+@pytest.mark.slow
+def test_gcrodr_gradient_matches_finite_differences(convection):
+    _, b = convection
+
+    @jax.jit
+    def loss(v):
+        op = convection_diffusion_2d(12, v)[0]
+        return jnp.sum(gcrodr(op, b, m=16, k=6, rtol=1e-12).value ** 2)
+
+    v = jnp.asarray([20.0, 10.0])
+    g = jax.jit(jax.grad(loss))(v)
+    h = 1e-5
+    for i in range(2):
+        e = jnp.zeros(2).at[i].set(h)
+        fd = (loss(v + e) - loss(v - e)) / (2 * h)
+        np.testing.assert_allclose(g[i], fd, rtol=1e-5)
+
+
+def test_gcrodr_bad_inputs(convection):
+    matvec, b = convection
+    with pytest.raises(ValueError, match="`k` must be < `m`"):
+        gcrodr(matvec, b, m=10, k=10)
+    with pytest.raises(ValueError, match="`k`"):
+        gcrodr(matvec, b, m=10, k=0)
+    with pytest.raises(ValueError, match="`m`"):
+        gcrodr(matvec, b, m=0, k=1)
+    wrong = RecycleSpace(U=jnp.zeros((b.size, 5)), C=jnp.zeros((b.size, 5)))
+    with pytest.raises(ValueError, match="`recycle` must hold U and C of shape"):
+        gcrodr(matvec, b, m=16, k=6, recycle=wrong)
+    with pytest.raises(ValueError, match="`recycle` must be a RecycleSpace"):
+        gcrodr(matvec, b, m=16, k=6, recycle=jnp.zeros((b.size, 6)))
+    with pytest.raises(ValueError, match="`b`"):
+        gcrodr(jnp.eye(4), jnp.ones(5), m=3, k=1)
+    nan_space = RecycleSpace(U=jnp.full((b.size, 6), jnp.nan), C=jnp.zeros((b.size, 6)))
+    sol = gcrodr(matvec, b, m=16, k=6, recycle=nan_space, throw=False)
+    assert bool(sol.result == RESULTS.nonfinite_input)
+    # A singular operator (b outside its range): a code, and no NaN in the
+    # recycle space handed to the next system.
+    a = np.asarray(_dense(12)[0])
+    a[0], a[:, 0] = 0, 0
+    sol = gcrodr(jnp.asarray(a), jnp.ones(12), m=8, k=3, throw=False)
+    assert not bool(sol.succeeded)
+    assert bool(jnp.all(jnp.isfinite(sol.recycle.U)))
+    assert bool(jnp.all(jnp.isfinite(sol.recycle.C)))
+
+
+# ----------------------------------------------------------------------------
+# Sorting and solve_family.
+
+
+def _greedy_reference(f):
+    f = np.asarray(f)
+    order, left = [0], set(range(1, len(f)))
+    while left:
+        last = f[order[-1]]
+        nxt = min(left, key=lambda j: (np.sum((f[j] - last) ** 2), j))
+        order.append(nxt)
+        left.remove(nxt)
+    return order
+
+
+def test_greedy_order_is_the_nearest_neighbour_chain():
+    f = np.random.default_rng(0).normal(size=(25, 3))
+    order = np.asarray(greedy_order(jnp.asarray(f)))
+    assert sorted(order) == list(range(25))
+    assert list(order) == _greedy_reference(f)
+    # Another start, and features with a tie-free 1-D structure.
+    order = np.asarray(greedy_order(jnp.asarray(f), start=7))
+    assert order[0] == 7 and sorted(order) == list(range(25))
+
+
+@pytest.fixture(scope="module")
+def small_darcy():
+    return darcy_family(5, 12, seed=3)
+
+
+def test_solve_family_restores_the_original_order(small_darcy):
+    fam = small_darcy
+    sol = solve_family(fam.make_operator, fam.params, fam.b, m=20, k=6, rtol=1e-10)
+    order = np.asarray(sol.stats["order"])
+    assert sorted(order) == list(range(fam.num))
+    assert list(order) == _greedy_reference(np.asarray(fam.params).reshape(5, -1))
+    for s in range(fam.num):
+        ref = spla.spsolve(fam.to_scipy(fam.params[s]).tocsc(), np.ones(144))
+        np.testing.assert_allclose(sol.value[s].ravel(), ref, rtol=1e-8)
+    assert sol.value.shape == (5, 12, 12)
+    assert sol.stats["matvecs"].shape == sol.num_steps.shape == (5,)
+    # One right-hand side per system, and an ablation method.
+    bs = jnp.stack([fam.b * (s + 1) for s in range(fam.num)])
+    per = solve_family(
+        fam.make_operator, fam.params, bs, method="cg", order="given", rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        per.value, sol.value * jnp.arange(1, 6)[:, None, None], rtol=1e-7
+    )
+    np.testing.assert_array_equal(per.stats["order"], np.arange(5))
+
+
+def test_solve_family_bad_inputs(small_darcy):
+    fam = small_darcy
+    with pytest.raises(ValueError, match="leading axis"):
+        solve_family(fam.make_operator, (fam.params, fam.params[:3]), fam.b)
+    with pytest.raises(ValueError, match="`b` must be one right-hand side"):
+        solve_family(fam.make_operator, fam.params, jnp.ones((4, 12, 12)))
+    with pytest.raises(ValueError, match="`b` must be one right-hand side"):
+        solve_family(fam.make_operator, fam.params, jnp.ones(7))
+    with pytest.raises(ValueError, match="`features`"):
+        solve_family(fam.make_operator, fam.params, fam.b, features=jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match="`order`"):
+        solve_family(fam.make_operator, fam.params, fam.b, order="random")
+    with pytest.raises(ValueError, match="`method`"):
+        solve_family(fam.make_operator, fam.params, fam.b, method="lu")
+    with pytest.raises(ValueError, match="`k` must be < `m`"):
+        solve_family(fam.make_operator, fam.params, fam.b, m=6, k=6)
+
+
+# ----------------------------------------------------------------------------
+# The PDE families against scipy.
+
+FAMILIES = {
+    "darcy": lambda: darcy_family(3, 10, seed=1),
+    "poisson": lambda: poisson_family(3, 10, seed=1),
+    "heat": lambda: heat_family(3, 10, seed=1),
+    "helmholtz": lambda: helmholtz_family(3, 10, omega=12.0, seed=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_operator_matches_scipy_and_solves(name):
+    fam = FAMILIES[name]()
+    sol = solve_family(fam.make_operator, fam.params, fam.b, m=30, k=10, rtol=1e-10)
+    assert bool(jnp.all(sol.succeeded))
+    b = np.asarray(fam.b).ravel()
+    for s in range(fam.num):
+        p = fam.params[s]
+        a = fam.to_scipy(p)
+        # The matrix-free stencil and the independently assembled matrix agree.
+        np.testing.assert_allclose(
+            _assemble(fam.make_operator(p), fam.b.shape), a.toarray(), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            np.asarray(fam.jacobi(p)).ravel(), a.diagonal(), rtol=1e-12
+        )
+        exact = spla.spsolve(a.tocsc(), b)
+        scale = np.abs(exact).max()
+        np.testing.assert_allclose(
+            sol.value[s].ravel(), exact, rtol=1e-8, atol=1e-9 * scale
+        )
+        ref, info = spla.gmres(a, b, rtol=1e-10, restart=30, maxiter=200)
+        assert info == 0
+        np.testing.assert_allclose(
+            sol.value[s].ravel(), ref, rtol=1e-6, atol=1e-8 * np.abs(ref).max()
+        )
+    if name == "helmholtz":  # indefinite: eigenvalues of both signs
+        eig = np.linalg.eigvalsh(fam.to_scipy(fam.params[0]).toarray())
+        assert eig.min() < 0 < eig.max()
