@@ -29,6 +29,8 @@ def as_float_array(x, name: str) -> Array:
 
     Complex and boolean inputs are refused: the solvers here are real-valued.
     """
+    if x is None:
+        raise ValueError(f"`{name}` must be an array, got None")
     try:
         x = jnp.asarray(x)
     except TypeError as e:
@@ -61,13 +63,21 @@ def check_nonnegative(value, name: str) -> Array:
     return jnp.asarray(value) >= 0
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def check_static_int(value, name: str, minimum: int = 0) -> int:
     """A static Python (or NumPy) integer ``>= minimum``: shapes and loop bounds
-    depend on it, so it cannot be traced."""
+    depend on it, so it cannot be traced. Step counters are int32 on every
+    device, so values above ``2**31 - 1`` (which would wrap) are refused."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise ValueError(f"`{name}` must be a Python int, got {value!r}")
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    if value > _INT32_MAX:
+        raise ValueError(
+            f"`{name}` must be <= 2**31 - 1 (step counters are int32), got {value}"
+        )
     return int(value)
 
 

@@ -77,8 +77,9 @@ class _Compiled:
         def value(*inputs):
             return case.solve(*inputs).value
 
-        def loss(*inputs):
-            return sum(jnp.sum(v**2) for v in tree_leaves(case.solve(*inputs).value))
+        def loss(*inputs, throw=True):
+            sol = case.solve(*inputs, throw=throw)
+            return sum(jnp.sum(v**2) for v in tree_leaves(sol.value))
 
         self.solve = jax.jit(solve)
         self.value = jax.jit(value)
@@ -89,6 +90,18 @@ class _Compiled:
         self.vmap_grad = jax.jit(jax.vmap(jax.grad(loss, argnums=argnums)))
         self.grad_of_vmap = jax.jit(
             jax.grad(lambda *i: jnp.sum(jax.vmap(loss)(*i)), argnums=argnums)
+        )
+        # Training code differentiates jitted functions: grad(jit(f)), jvp(jit(f)).
+        self.grad_of_jit = jax.grad(
+            lambda *i: sum(jnp.sum(v**2) for v in tree_leaves(self.value(*i))),
+            argnums=argnums,
+        )
+        self.jvp_of_jit = lambda i, d: jax.jvp(self.value, i, d)[1]
+        # One output alone: the throw check must ride on each of them.
+        self.residual_only = jax.jit(lambda *i: case.solve(*i).residual)
+        self.steps_only = jax.jit(lambda *i: case.solve(*i).num_steps)
+        self.grad_nothrow = jax.jit(
+            jax.grad(functools.partial(loss, throw=False), argnums=argnums)
         )
 
     def finite_difference(self, inputs, direction):
@@ -220,7 +233,81 @@ def test_bad_input(name, k):
     assert bool(sol.result == bad.expect), sol.message
     assert not bool(sol.succeeded)
     # Under jax.jit an equinox error arrives wrapped in a JAX runtime error (or a
-    # ValueError from the callback machinery); the message must be ours.
+    # ValueError from the callback machinery); the message must be ours, and it
+    # must come whichever output is used (an unused check would be dropped).
     errors = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError, ValueError)
-    with pytest.raises(errors, match=re.escape(RESULTS[bad.expect][:40])):
-        jax.block_until_ready(c.value(*inputs))
+    message = re.escape(c.case.message(bad.expect)[:40])
+    for fn in (c.value, c.residual_only, c.steps_only):
+        with pytest.raises(errors, match=message):
+            jax.block_until_ready(fn(*inputs))
+    # Derivatives too: jit(grad) raises with throw=True ...
+    with pytest.raises(errors, match=message):
+        jax.block_until_ready(c.grad(*inputs))
+    # ... and with throw=False a failed solve's derivative is NaN, never a finite
+    # (wrong) number.
+    grads = c.grad_nothrow(*inputs)
+    for g in tree_leaves(grads):
+        if _is_float(g):
+            assert not bool(jnp.any(jnp.isfinite(g))), g
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_derivatives_of_jitted_functions(name):
+    """grad(jit(f)) and jvp(jit(f)), the way training code calls a solver, agree
+    with jit(grad(f)) and jit(jvp(f))."""
+    c = _compiled(name)
+    inputs = c.case.make_inputs(jnp.float64)
+    for a, b in zip(
+        tree_leaves(c.grad_of_jit(*inputs)), tree_leaves(c.grad(*inputs)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    direction = _random_like(inputs, 0)
+    for a, b in zip(
+        tree_leaves(c.jvp_of_jit(inputs, direction)),
+        tree_leaves(c.jvp(inputs, direction)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+LINEAR = [
+    pytest.param(n, marks=pytest.mark.xdist_group(n), id=n)
+    for n in sorted(REGISTRY)
+    if REGISTRY[n].linear_operator is not None
+]
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_operator_is_checked(name):
+    """A linear solver refuses operators that are not linear maps of ``b``'s
+    space: wrong output shape or dtype at trace time, ``A 0 != 0`` (affine) with
+    a code, and (for symmetric solvers) an asymmetric operator with a code."""
+    case = REGISTRY[name]
+    a, b = case.make_inputs(jnp.float64)[:2]
+    if a.ndim != 2:  # the case's first input is not a matrix: use a diagonal one
+        a = jnp.diag(jnp.arange(1.0, b.size + 1.0))
+        b = b.reshape(-1)
+    a = (
+        (a + a.T) / 2 + a.shape[0] * jnp.eye(a.shape[0])
+        if case.requires_symmetric
+        else a
+    )
+    solve = case.linear_operator
+    for wrong in (
+        lambda x: (a @ x).astype(jnp.int32),  # an integer-valued matvec
+        lambda x: (a @ x).astype(jnp.complex128),
+        lambda x: jnp.sum(a @ x),  # a scalar, broadcast if unchecked
+        lambda x: (a @ x).astype(jnp.float32),  # less precise than b
+    ):
+        with pytest.raises(ValueError, match="`operator`"):
+            solve(wrong, b)
+    affine = jax.jit(lambda a, b: solve(lambda x: a @ x + 1.0, b, throw=False))
+    assert bool(affine(a, b).result == RESULTS.nonlinear_operator)
+    errors = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError, ValueError)
+    residual = jax.jit(lambda a, b: solve(lambda x: a @ x + 1.0, b).residual)
+    with pytest.raises(errors, match="not linear"):
+        jax.block_until_ready(residual(a, b))
+    if case.requires_symmetric:
+        skew = a.at[0, 1].add(0.5)
+        sol = jax.jit(lambda a, b: solve(lambda x: a @ x, b, throw=False))(skew, b)
+        assert bool(sol.result == RESULTS.not_symmetric), sol.message

@@ -28,6 +28,8 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
+from .._checks import all_finite
+from .._solution import RESULTS, error_if_failed, guard, poison_if_failed
 from ..solvers.linear import linear_solve
 
 __all__ = ["custom_root", "custom_fixed_point"]
@@ -52,30 +54,71 @@ def _bind(signature: inspect.Signature | None, args: tuple, kwargs: dict) -> tup
     return tuple(bound.args) + tuple(bound.kwargs.values())
 
 
-def _check_square(f_out, x):
-    """F must map the solution space to itself: (dF/dx) is then square."""
-    fs, xs = jax.tree_util.tree_structure(f_out), jax.tree_util.tree_structure(x)
-    shapes_f = [leaf.shape for leaf in jax.tree_util.tree_leaves(f_out)]
+def _check_like(out, x, what: str):
+    """``out`` must have the structure and shapes of the solution ``x``."""
+    fs, xs = jax.tree_util.tree_structure(out), jax.tree_util.tree_structure(x)
+    shapes_f = [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(out)]
     shapes_x = [jnp.shape(leaf) for leaf in jax.tree_util.tree_leaves(x)]
     if fs != xs or shapes_f != shapes_x:
         raise ValueError(
-            "`optimality_fn(x, *args)` must return a pytree of the same structure "
-            f"and shapes as the solution x; got {fs} with shapes {shapes_f} "
-            f"for x of {xs} with shapes {shapes_x}"
+            f"`{what}` must return a pytree of the same structure and shapes as "
+            f"the solution x; got {fs} with shapes {shapes_f} for x of {xs} with "
+            f"shapes {shapes_x}"
         )
 
 
+def _check_square(f_out, x):
+    """F must map the solution space to itself: (dF/dx) is then square."""
+    _check_like(f_out, x, "optimality_fn(x, *args)")
+
+
+_NAME = "custom_root"
+_MESSAGES = {
+    "nonfinite_value": "the solver returned a solution containing NaN or Inf",
+}
+
+
+def _finite_code(x) -> RESULTS:
+    return RESULTS.where(all_finite(x), RESULTS.successful, RESULTS.nonfinite_value)
+
+
+def _closure_convert(fn, *example_args):
+    """``fn`` as a function of ``(*args, *consts)`` with every array it closes
+    over hoisted into ``consts`` (a custom_jvp must not close over tracers).
+
+    Like ``jax.closure_convert``, except that integer and boolean tracers are
+    hoisted too: ``closure_convert`` keeps them (they have no tangent) as
+    constants of the converted function, and they then leak out of their trace
+    when a jitted function is differentiated from outside (``grad(jit(f))``)."""
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+    out_tree = jax.tree_util.tree_structure(out_shape)
+    n_args = len(example_args)
+
+    def converted(*args_and_consts):
+        args, consts = args_and_consts[:n_args], args_and_consts[n_args:]
+        flat = jax.tree_util.tree_leaves(args)
+        out = jax.core.eval_jaxpr(closed.jaxpr, consts, *flat)
+        return jax.tree_util.tree_unflatten(out_tree, out)
+
+    return converted, list(closed.consts)
+
+
 def _implicit_solution(
-    solver, optimality_fn, has_aux, linear, preconditioner, init, args
+    solver, optimality_fn, has_aux, linear, preconditioner, throw, init, args
 ):
     # Arrays that `solver` or `optimality_fn` close over become explicit inputs
     # (closure conversion): a custom_jvp cannot see closed-over tracers, and this
     # way the ones in `optimality_fn` receive their gradients through the rule.
-    solver_c, solver_consts = jax.closure_convert(solver, init, *args)
+    solver_c, solver_consts = _closure_convert(solver, init, *args)
     out_shape = jax.eval_shape(solver_c, init, *args, *solver_consts)
+    if has_aux and not (isinstance(out_shape, (tuple, list)) and len(out_shape) == 2):
+        raise ValueError(
+            "with `has_aux=True` the solver must return a pair (x, aux), but it "
+            f"returned {jax.tree_util.tree_structure(out_shape)}"
+        )
     x_shape = out_shape[0] if has_aux else out_shape
     x_example = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), x_shape)
-    f_c, f_consts = jax.closure_convert(optimality_fn, x_example, *args)
+    f_c, f_consts = _closure_convert(optimality_fn, x_example, *args)
     _check_square(jax.eval_shape(f_c, x_example, *args, *f_consts), x_shape)
 
     @jax.custom_jvp
@@ -87,6 +130,10 @@ def _implicit_solution(
         _, d_args, _, d_f_consts = tangents
         out = solution(init, args, solver_consts, f_consts)
         x = out[0] if has_aux else out
+        if throw:
+            # Checked before the derivative solve uses x, so that a solver that
+            # failed is named, rather than the linear solve its NaN would break.
+            x = error_if_failed(x, _finite_code(x), _NAME, _MESSAGES)
         # The initial guess and the solver's own closed-over arrays get no
         # derivative: at a root, x* depends on theta only through F. Inputs
         # whose tangent is a symbolic zero (data not being differentiated) are
@@ -97,13 +144,16 @@ def _implicit_solution(
         if d_f is None:
             dx = jax.tree_util.tree_map(jnp.zeros_like, x)
         else:
-            dx = _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner)
+            dx = _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner, throw)
         if has_aux:
             return out, (dx, jax.tree_util.tree_map(_zero_tangent, out[1]))
         return out, dx
 
     solution.defjvp(solution_jvp, symbolic_zeros=True)
-    return solution(init, args, solver_consts, f_consts)
+    out = solution(init, args, solver_consts, f_consts)
+    # A solution with NaN or Inf raises (throw=True) whichever output is used;
+    # with throw=False its derivatives are NaN.
+    return guard(out, _finite_code(out[0] if has_aux else out), _NAME, throw, _MESSAGES)
 
 
 def _jvp_of_active_inputs(fn, primals, tangents):
@@ -127,7 +177,7 @@ def _jvp_of_active_inputs(fn, primals, tangents):
     )[1]
 
 
-def _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner):
+def _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner, throw):
     """``u`` with ``(dF/dx) u = -d_f``, as flat vectors (pytrees are raveled)."""
     x_flat, unravel = ravel_pytree(x)
     rhs, _ = ravel_pytree(d_f)
@@ -153,12 +203,28 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner):
     if isinstance(method, str) and "rtol" not in options:
         # Gradients should be as accurate as the dtype allows, not 1e-6.
         options = {**options, "rtol": float(jnp.finfo(x_flat.dtype).eps) ** 0.75}
-    # throw=True: a failed solve (forward, or transposed in reverse mode) raises
-    # a runtime error naming the method and the reason, never a wrong derivative.
-    u = linear_solve(
-        matvec, -rhs.astype(x_flat.dtype), method=method, throw=True, **options
+
+    def solve(mv, r):
+        # A failed solve (forward, or transposed in reverse mode) raises a
+        # runtime error naming the method and the reason (throw=True) or gives
+        # NaN (throw=False): never a finite wrong derivative.
+        sol = linear_solve(mv, r, method=method, throw=throw, **options)
+        # (A failed solve reports its last iterate as its value: a derivative
+        # takes NaN instead.)
+        return sol.value if throw else poison_if_failed(sol.value, sol.result)
+
+    # The linear solve sits inside custom_linear_solve: reverse mode transposes
+    # the *equation* (dF/dx)^T w = g and calls `solve` on it, rather than
+    # transposing the solver (whose checks are not linear maps).
+    symmetric = method == "cg"
+    u = jax.lax.custom_linear_solve(
+        matvec,
+        -rhs.astype(x_flat.dtype),
+        solve,
+        None if symmetric else solve,
+        symmetric=symmetric,
     )
-    return unravel(u.value)
+    return unravel(u)
 
 
 def _linear_options(solve, ridge, solve_options, preconditioner=None):
@@ -194,6 +260,7 @@ def custom_root(
     ridge: float = 0.0,
     solve_options: dict | None = None,
     preconditioner: Callable | None = None,
+    throw: bool = True,
 ):
     r"""Decorator: differentiate a root-finding solver implicitly.
 
@@ -225,6 +292,12 @@ def custom_root(
             for ``"cg"``) and ``v`` shaped like ``x``; for systems whose
             conditioning depends on the solution (a fixed preconditioner goes in
             ``solve_options``). Not differentiated; positional ``args`` only.
+        throw: with ``True`` (default) a solution containing NaN or Inf, or a
+            derivative solve that fails, raises a runtime error (under ``jit``
+            too, whichever output or derivative is used); with ``False`` nothing
+            raises and the derivatives are NaN instead (so that one bad element
+            of a ``vmap``-ed batch does not abort the others). A derivative is
+            never a finite wrong number.
 
     Gradients with respect to closed-over arrays: arrays that ``optimality_fn``
     closes over receive gradients, as if they were arguments. Arrays that only the
@@ -250,7 +323,14 @@ def custom_root(
         def wrapped(init, *args, **kwargs):
             args = _bind(signature, args, kwargs)
             return _implicit_solution(
-                solver, optimality_fn, has_aux, linear, preconditioner, init, args
+                solver,
+                optimality_fn,
+                has_aux,
+                linear,
+                preconditioner,
+                throw,
+                init,
+                args,
             )
 
         return wrapped
@@ -267,6 +347,7 @@ def custom_fixed_point(
     ridge: float = 0.0,
     solve_options: dict | None = None,
     preconditioner: Callable | None = None,
+    throw: bool = True,
 ):
     r"""Decorator: differentiate a fixed-point solver implicitly.
 
@@ -279,9 +360,11 @@ def custom_fixed_point(
     """
 
     def optimality_fn(x, *args):
+        t = fixed_point_fn(x, *args)
+        _check_like(t, x, "fixed_point_fn(x, *args)")
         # x - T(x) rather than T(x) - x: the same root and derivative, but
         # dF/dx = I - dT/dx is positive definite for symmetric contractions.
-        return jax.tree_util.tree_map(lambda x_, t: x_ - t, x, fixed_point_fn(x, *args))
+        return jax.tree_util.tree_map(lambda x_, t_: x_ - t_, x, t)
 
     return custom_root(
         optimality_fn,
@@ -291,4 +374,5 @@ def custom_fixed_point(
         ridge=ridge,
         solve_options=solve_options,
         preconditioner=preconditioner,
+        throw=throw,
     )

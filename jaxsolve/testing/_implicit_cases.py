@@ -50,7 +50,14 @@ def _newton(init, lam, X, y):
     return w, k
 
 
-_logistic_root = custom_root(_logistic_gradient, has_aux=True, solve="cg")(_newton)
+# One decorated solver per throw policy: custom_root raises on a non-finite
+# solution (or a failed derivative solve) unless throw=False.
+_logistic_root = {
+    throw: custom_root(_logistic_gradient, has_aux=True, solve="cg", throw=throw)(
+        _newton
+    )
+    for throw in (True, False)
+}
 
 
 def _logistic_inputs(dtype):
@@ -115,7 +122,10 @@ def _fixed_point_iteration(init, W, u):
     return z, k
 
 
-_equilibrium = custom_fixed_point(_layer, has_aux=True)(_fixed_point_iteration)
+_equilibrium = {
+    throw: custom_fixed_point(_layer, has_aux=True, throw=throw)(_fixed_point_iteration)
+    for throw in (True, False)
+}
 
 
 def _equilibrium_inputs(dtype):
@@ -128,7 +138,7 @@ def _equilibrium_inputs(dtype):
 
 
 def _equilibrium_solve(W, u, throw=True):
-    z, k = _equilibrium(jnp.zeros_like(u), W, u)
+    z, k = _equilibrium[throw](jnp.zeros_like(u), W, u)
     residual = jnp.linalg.norm(_layer(z, W, u) - z)
     return _as_solution(z, k, residual, throw, "equilibrium")
 

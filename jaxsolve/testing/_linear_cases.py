@@ -8,6 +8,7 @@ import numpy as np
 from .._solution import RESULTS
 from ..problems import convection_diffusion_2d, poisson_2d
 from ..solvers.linear import bicgstab, cg, dense_solve, gmres
+from ..solvers.linear._dense import _MESSAGES as _DENSE_MESSAGES
 from ._registry import BadInput, SolverCase, register
 
 
@@ -69,7 +70,15 @@ def _dense_bad_inputs(spd: bool):
 
 def _register_dense(name, method, make, spd):
     def solve(a, b, throw=True):
+        if spd:
+            # CG takes symmetric matrices only (it refuses others): the case is
+            # a function of the symmetric part, so that finite differences in
+            # any direction stay in its domain.
+            a = (a + a.T) / 2
         return method(a, b, rtol=_rtol(a.dtype), throw=throw)
+
+    def with_operator(operator, b, throw=True):
+        return method(operator, b, rtol=_rtol(b.dtype), throw=throw)
 
     register(
         SolverCase(
@@ -79,6 +88,8 @@ def _register_dense(name, method, make, spd):
             residual=_dense_residual,
             perturb=_perturb_dense,
             bad_inputs=_dense_bad_inputs(spd),
+            linear_operator=with_operator,
+            requires_symmetric=spd,
         )
     )
 
@@ -99,7 +110,16 @@ register(
         solve=_dense_solve,
         residual=_dense_residual,
         perturb=_perturb_dense,
-        bad_inputs=_dense_bad_inputs(spd=False),
+        bad_inputs=(
+            *_dense_bad_inputs(spd=False),
+            BadInput(
+                "singular matrix (rank n - 1)",
+                lambda i: (i[0].at[-1].set(i[0][0]), i[1]),
+                RESULTS.breakdown,
+            ),
+        ),
+        messages=_DENSE_MESSAGES,
+        linear_operator=_dense_solve,
     )
 )
 

@@ -14,6 +14,8 @@ import numpy as np
 from .._solution import RESULTS
 from ..solvers.ot import sinkhorn, sinkhorn_newton_sparse
 from ..solvers.ot._dual import logits, marginal_error
+from ..solvers.ot._sinkhorn import SINKHORN_MESSAGES
+from ..solvers.ot._sns import SNS_MESSAGES
 from ._registry import BadInput, SolverCase, register
 
 _N, _M = 10, 12
@@ -114,7 +116,10 @@ def _sns(C, a, b, epsilon, throw=True):
     )
 
 
-for _name, _solve in (("sinkhorn/log", _sinkhorn), ("sinkhorn_newton_sparse", _sns)):
+for _name, _solve, _messages in (
+    ("sinkhorn/log", _sinkhorn, SINKHORN_MESSAGES),
+    ("sinkhorn_newton_sparse", _sns, SNS_MESSAGES),
+):
     register(
         SolverCase(
             name=_name,
@@ -124,5 +129,6 @@ for _name, _solve in (("sinkhorn/log", _sinkhorn), ("sinkhorn_newton_sparse", _s
             perturb=_perturb_ot,
             bad_inputs=_bad_inputs(),
             tolerance={"float64": 1e-12, "float32": 1e-4},
+            messages=_messages,
         )
     )

@@ -40,6 +40,15 @@ class SolverCase:
         tolerance: per dtype name, the bound on ``residual`` (and on derivative
             errors, relative).
         fd_step: finite-difference step (float64).
+        messages: the solver's own messages for result codes (by code name), as
+            given to :func:`jaxsolve._solution.finalize`; a raised error must
+            carry them (default: :class:`jaxsolve.RESULTS`'s).
+        linear_operator: for a linear solver, ``linear_operator(operator, b,
+            throw) -> Solution`` solves with a given matrix-free operator; the
+            matrix then checks that a non-linear, wrongly shaped or wrongly
+            typed operator is refused.
+        requires_symmetric: the linear solver refuses non-symmetric operators
+            (``RESULTS.not_symmetric``).
     """
 
     name: str
@@ -52,6 +61,18 @@ class SolverCase:
         default_factory=lambda: {"float64": 1e-8, "float32": 1e-3}
     )
     fd_step: float = 1e-6
+    messages: dict = dataclasses.field(default_factory=dict)
+    linear_operator: Callable[..., Any] | None = None
+    requires_symmetric: bool = False
+
+    def message(self, code) -> str:
+        """The message a raised error carries for ``code`` (a RESULTS item)."""
+        from .._solution import RESULTS
+
+        for name, item in RESULTS._name_to_item.items():
+            if item == code:
+                return self.messages.get(name, RESULTS[code])
+        raise ValueError(f"unknown code {code!r}")
 
 
 REGISTRY: dict[str, SolverCase] = {}

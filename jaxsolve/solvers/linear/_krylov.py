@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -26,10 +27,30 @@ from jaxtyping import Array
 
 from ..._checks import all_finite, as_float_array, check_nonnegative, check_positive_int
 from ..._iterate import iterate
-from ..._solution import RESULTS, Solution, error_if_failed
-from ._operator import flat_operator, flat_preconditioner
+from ..._solution import (
+    RESULTS,
+    Solution,
+    error_if_failed,
+    finalize,
+    poison_if_failed,
+    restore_if_failed,
+)
+from ._operator import (
+    FlatOperator,
+    check_transposable,
+    flat_operator,
+    flat_preconditioner,
+)
 
-__all__ = ["krylov_solve", "start_result", "finish_result", "norm"]
+__all__ = [
+    "checked_inside",
+    "checked_outside",
+    "krylov_solve",
+    "operator_checks",
+    "start_result",
+    "finish_result",
+    "norm",
+]
 
 _MAX_RESTARTS = 3
 
@@ -69,6 +90,70 @@ def finish_result(
     )
 
 
+def checked_inside(x, aux, result: RESULTS, name, throw, messages=None):
+    """What the solve function given to ``lax.custom_linear_solve`` returns: ``x``
+    and ``(aux, last iterate)``, with the ``throw`` policy applied *inside*.
+
+    The solves of derivatives (the tangent systems, and the transposed ones of
+    reverse mode) call the same function, so they are checked too. A failed solve
+    raises (``throw=True``; the check rides on every output, ``x`` and the
+    statistics alike, so it survives whichever one the caller uses) or returns
+    NaN (``throw=False``: a derivative is never a finite wrong number; the primal
+    solve's last iterate travels beside it and :func:`checked_outside` restores
+    it). Checks outside the solve function would be transposed in reverse mode
+    when a solve is called on tangents (inside a custom derivative rule), and
+    error checks are not linear maps."""
+    if throw:
+        return error_if_failed((x, (aux, x)), result, name, messages)
+    return poison_if_failed(x, result), (aux, x)
+
+
+def checked_outside(solution: Solution, last, throw: bool, name, messages=None):
+    """The :class:`Solution` of a linear solve, after :func:`checked_inside`:
+    with ``throw=False`` a failed solve reports its last iterate, and its
+    derivatives are NaN (even where a derivative's own solve succeeded)."""
+    if throw:
+        return solution
+    failed = solution.result != RESULTS.successful
+    value = restore_if_failed(solution.value, lax.stop_gradient(last), failed)
+    solution = eqx.tree_at(lambda s: s.value, solution, value)
+    return finalize(solution, False, name, messages)
+
+
+def operator_checks(op: FlatOperator, symmetric: bool) -> tuple[RESULTS, int]:
+    """Cheap run-time checks of a linear operator, and the products they cost.
+
+    ``A 0`` must be exactly 0 (a linear map sends 0 to 0 in floating point too;
+    NaN or Inf entries give NaN, ``0 * inf``) and finite: one product. With
+    ``symmetric`` (CG, whose derivatives reuse ``A`` for ``A^T``), ``u^T A v``
+    must equal ``v^T A u`` for a fixed random pair ``u, v`` to ``sqrt(eps)``
+    relative to ``|u| |A v| + |v| |A u|``: two products. A non-symmetric ``A`` can
+    pass a Krylov solve and then give silently wrong derivatives."""
+    zero = jnp.zeros((op.size,), op.dtype)
+    a0 = op.matvec(zero)
+    finite = all_finite(a0)
+    if op.matrix is not None:
+        finite = finite & all_finite(op.matrix)
+    code = RESULTS.where(
+        finite,
+        RESULTS.where(jnp.all(a0 == 0), RESULTS.successful, RESULTS.nonlinear_operator),
+        RESULTS.nonfinite_input,
+    )
+    if not symmetric:
+        return code, 1
+    u, v = jax.random.normal(jax.random.PRNGKey(0), (2, op.size), op.dtype)
+    au, av = op.matvec(u), op.matvec(v)
+    gap = jnp.abs(jnp.vdot(u, av) - jnp.vdot(v, au))
+    scale = norm(u) * norm(av) + norm(v) * norm(au)
+    tol = jnp.sqrt(jnp.finfo(op.dtype).eps) * scale
+    # NaN (an overflow in the probe) is not taken for an asymmetry.
+    asymmetric = gap > tol
+    code = RESULTS.where(
+        (code == RESULTS.successful) & asymmetric, RESULTS.not_symmetric, code
+    )
+    return code, 3
+
+
 def krylov_solve(
     loop: Callable,
     name: str,
@@ -84,10 +169,18 @@ def krylov_solve(
     symmetric: bool,
     default_max_steps: Callable[[int], int] = lambda n: 10 * n,
     transpose_loop: Callable | None = None,
+    messages: dict[str, str] | None = None,
 ) -> Solution:
     """``transpose_loop``: the loop for the transposed systems of reverse mode
-    (default ``loop``); its extra outputs must have the same structure."""
+    (default ``loop``); its extra outputs must have the same structure.
+    ``messages``: the method's own messages for result codes (see
+    :func:`jaxsolve._solution.finalize`).
+
+    Before the loop the operator is checked (:func:`operator_checks`): ``A 0 =
+    0`` (linear, finite) and, when ``symmetric``, a random probe pair."""
     op, b_flat = flat_operator(operator, b)
+    if not symmetric and op.matrix is None:
+        check_transposable(op, b_flat)
     valid = check_nonnegative(rtol, "rtol") & check_nonnegative(atol, "atol")
     max_steps = check_positive_int(
         default_max_steps(op.size) if max_steps is None else max_steps, "max_steps"
@@ -102,16 +195,19 @@ def krylov_solve(
     precond = flat_preconditioner(preconditioner, op)
     rtol = jnp.asarray(rtol, op.dtype)
     atol = jnp.asarray(atol, op.dtype)
-    # NaN/Inf in a matrix-free operator shows up in the first residual b - A x0
-    # (NaN * 0 is NaN); a dense matrix is checked directly.
-    finite = all_finite(x0_flat)
-    if op.matrix is not None:
-        finite = finite & all_finite(op.matrix)
+    input_code, check_products = operator_checks(op, symmetric)
     input_code = RESULTS.where(
-        valid,
-        RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_input),
-        RESULTS.invalid_input,
+        input_code != RESULTS.successful,
+        input_code,
+        RESULTS.where(
+            valid,
+            RESULTS.where(
+                all_finite(x0_flat), RESULTS.successful, RESULTS.nonfinite_input
+            ),
+            RESULTS.invalid_input,
+        ),
     )
+    zero_x0 = x0 is None
 
     def run(matvec, rhs, guess, m, zero_guess, loop=loop):
         tol = jnp.maximum(rtol * norm(rhs), atol)
@@ -121,9 +217,10 @@ def krylov_solve(
             extras = dict(out[3]) if len(out) > 3 else {}
             return out[:3], extras.pop("matvecs", out[2]), extras
 
-        # The first residual b - A x0 also catches NaN/Inf in a matrix-free
-        # operator (NaN * 0 is NaN). Transposed solves start from zero and skip
-        # that product: their operator was already checked by the forward solve.
+        # b = 0 has the exact answer x = 0 (whatever x0): no tolerance can be
+        # met from elsewhere when it is 0 = max(rtol |b|, atol).
+        guess = jnp.where(norm(rhs) == 0, 0, guess)
+        # A 0 = 0 was checked: solves from zero need no product for r0.
         r0 = rhs if zero_guess else rhs - matvec(guess)
 
         # A loop stops when its *recursively updated* residual meets the
@@ -161,14 +258,11 @@ def krylov_solve(
         residual = norm(r)
         converged = jnp.isfinite(residual) & (residual <= tol)
         result = finish_result(result, converged, residual, num_steps, max_steps)
-        if throw:
-            # Raised inside the solve, so that the solves of derivatives (the
-            # tangent and the transposed systems) are checked too, not only x.
-            x = error_if_failed(x, result, name)
-        return x, (result, num_steps, residual, matvecs, extras)
+        aux = (result, num_steps, residual, matvecs, extras)
+        return checked_inside(x, aux, result, name, throw, messages)
 
     def solve(matvec, rhs):
-        return run(matvec, rhs, x0_flat, precond, zero_guess=False)
+        return run(matvec, rhs, x0_flat, precond, zero_guess=zero_x0)
 
     def transpose_solve(vecmat, rhs):
         # The adjoint system A^T w = g is solved from zero with M^T as preconditioner.
@@ -186,7 +280,7 @@ def krylov_solve(
             loop=loop if transpose_loop is None else transpose_loop,
         )
 
-    x, (result, num_steps, residual, matvecs, extras) = lax.custom_linear_solve(
+    x, aux = lax.custom_linear_solve(
         op.matvec,
         b_flat,
         solve,
@@ -194,11 +288,13 @@ def krylov_solve(
         symmetric=symmetric,
         has_aux=True,
     )
-    return Solution(
+    (result, num_steps, residual, matvecs, extras), last = aux
+    solution = Solution(
         value=op.unflatten(x),
         result=result,
         num_steps=num_steps,
         residual=residual,
-        stats={"matvecs": matvecs},
+        stats={"matvecs": matvecs + check_products},
         aux=extras or None,
     )
+    return checked_outside(solution, op.unflatten(last), throw, name, messages)

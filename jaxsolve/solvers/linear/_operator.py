@@ -20,7 +20,12 @@ from jaxtyping import Array
 
 from ..._checks import as_float_array
 
-__all__ = ["FlatOperator", "flat_operator", "flat_preconditioner"]
+__all__ = [
+    "FlatOperator",
+    "check_transposable",
+    "flat_operator",
+    "flat_preconditioner",
+]
 
 
 class FlatOperator:
@@ -37,27 +42,53 @@ class FlatOperator:
         return x.reshape(self.shape)
 
 
+def _trace_output(fn, shape, dtype, name: str):
+    """The output shape and dtype of ``fn`` on an array of ``shape`` and ``dtype``;
+    a ``ValueError`` naming the argument if it cannot be applied."""
+    try:
+        return jax.eval_shape(fn, jax.ShapeDtypeStruct(shape, dtype))
+    except Exception as e:  # report which argument failed to trace
+        raise ValueError(
+            f"`{name}` could not be applied to an array of `b`'s shape {shape} and "
+            f"dtype {dtype}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _check_output(out, shape, dtype, name: str):
+    """``name`` must map arrays of ``shape``/``dtype`` to real floating arrays of
+    the same shape, at least as precise as ``dtype`` (an integer, boolean or complex
+    output, or a lower precision, would silently change the answer)."""
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != shape:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"`{name}` must map arrays of `b`'s shape {shape} to the same shape "
+            f"(a square operator), but it returned {got}"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(
+            f"`{name}` must return a real floating array (`b` has dtype {dtype}), "
+            f"but it returned dtype {out.dtype}"
+        )
+    if jnp.finfo(out.dtype).bits < jnp.finfo(dtype).bits:
+        raise ValueError(
+            f"`{name}` returned dtype {out.dtype}, less precise than `b`'s {dtype}: "
+            "give `b` that dtype, or make the operator keep its input's dtype"
+        )
+
+
 def flat_operator(operator, b, *, name: str = "operator") -> tuple[FlatOperator, Array]:
     """Check ``operator`` against ``b`` and return it in flat form with flat ``b``.
 
     Raises ``ValueError`` at trace time for non-square matrices, shape mismatches,
-    or a ``matvec`` that changes the shape or dtype of its argument.
+    an empty ``b``, or a ``matvec`` that changes the shape of its argument or
+    returns a non-floating (or less precise) dtype.
     """
     b = as_float_array(b, "b")
+    if b.size == 0:
+        raise ValueError(f"`b` must not be empty, got shape {b.shape}")
     if callable(operator) and not hasattr(operator, "shape"):
-        try:
-            out = jax.eval_shape(operator, jax.ShapeDtypeStruct(b.shape, b.dtype))
-        except Exception as e:  # report which argument failed to trace
-            raise ValueError(
-                f"`{name}` could not be applied to an array of `b`'s shape "
-                f"{b.shape} and dtype {b.dtype}: {e}"
-            ) from e
-        if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != b.shape:
-            got = getattr(out, "shape", type(out).__name__)
-            raise ValueError(
-                f"`{name}` must map arrays of `b`'s shape {b.shape} to the same shape "
-                f"(a square operator), but it returned {got}"
-            )
+        out = _trace_output(operator, b.shape, b.dtype, name)
+        _check_output(out, b.shape, b.dtype, name)
         dtype = jnp.result_type(b.dtype, out.dtype)
         b = b.astype(dtype)
         shape = b.shape
@@ -83,18 +114,32 @@ def flat_operator(operator, b, *, name: str = "operator") -> tuple[FlatOperator,
     return FlatOperator(lambda x: matrix @ x, b.shape, dtype, matrix), b
 
 
+def check_transposable(op: FlatOperator, b_flat: Array, name: str = "operator"):
+    """A non-symmetric solve is differentiated (and, inside
+    ``lax.custom_linear_solve``, set up) with ``A^T``, which JAX forms by
+    transposing ``matvec``: that fails for a non-linear function (``x ** 2``,
+    ``abs``, ...) or an opaque one (a host callback). Refused at trace time with
+    a ``ValueError`` naming the argument, not JAX's internal error."""
+    def transposed(v):
+        return jax.linear_transpose(op.matvec, v)(v)
+
+    try:  # traced only (eval_shape): no product is computed
+        jax.eval_shape(transposed, jax.ShapeDtypeStruct(b_flat.shape, op.dtype))
+    except Exception as e:
+        raise ValueError(
+            f"`{name}` must be a linear function x -> A x that JAX can transpose "
+            f"(this solver needs A^T): {type(e).__name__}: {e}"
+        ) from e
+
+
 def flat_preconditioner(preconditioner, op: FlatOperator) -> Callable | None:
     """``M ~ A^{-1}`` in flat form: ``None`` (identity: the loops then skip the
     product and the extra inner product), a matrix, or a function."""
     if preconditioner is None:
         return None
     if callable(preconditioner) and not hasattr(preconditioner, "shape"):
-        out = jax.eval_shape(preconditioner, jax.ShapeDtypeStruct(op.shape, op.dtype))
-        if getattr(out, "shape", None) != op.shape:
-            raise ValueError(
-                f"`preconditioner` must map arrays of shape {op.shape} to the same "
-                f"shape, got {getattr(out, 'shape', type(out).__name__)}"
-            )
+        out = _trace_output(preconditioner, op.shape, op.dtype, "preconditioner")
+        _check_output(out, op.shape, op.dtype, "preconditioner")
         return lambda x: jnp.reshape(preconditioner(x.reshape(op.shape)), -1).astype(
             op.dtype
         )

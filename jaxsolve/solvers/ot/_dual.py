@@ -26,10 +26,23 @@ from jax import lax
 from jaxtyping import Array
 
 from ..._checks import all_finite, as_float_array, check_nonnegative
-from ..._solution import RESULTS, Solution, error_if_failed
+from ..._solution import RESULTS, Solution, finalize, guard
 from ...implicit import custom_root
 
-__all__ = ["OTSolution", "Problem", "prepare", "solve_ot", "marginal_error"]
+__all__ = [
+    "INVALID_OT_INPUT",
+    "OTSolution",
+    "Problem",
+    "prepare",
+    "solve_ot",
+    "marginal_error",
+]
+
+INVALID_OT_INPUT = (
+    "an input value is invalid: `epsilon` must be > 0, `tol` >= 0, and `a` and `b` "
+    "non-negative with positive masses that agree within `tol` (or pass "
+    "normalize=True)"
+)
 
 
 class OTSolution(Solution):
@@ -136,19 +149,18 @@ def gauge(f, g, a, b):
     return jnp.where(ma, f + s, 0), jnp.where(mb, g - s, 0)
 
 
-def row_potential(g, C, a, epsilon):
+def row_potential(g, C, a, b, epsilon):
     """The ``f`` that makes the row marginals exact given ``g`` (a Sinkhorn
     half-step): ``f_i = epsilon (log a_i - LSE_j((g_j - C_ij) / epsilon - 1))``
-    on the support of ``a``, 0 off it. (Columns off the support of ``b`` carry
-    ``g_j = -inf`` here.)"""
-    z = (g[None, :] - C) / epsilon - 1
-    lse = jax.nn.logsumexp(z, axis=1)
+    over the support of ``b``, on the support of ``a``; 0 off it."""
+    cols = (b > 0)[None, :]
+    # The exponent is formed from finite values and masked afterwards (not from
+    # g_j = -inf), so that its derivatives are 0, not inf * 0 = NaN, off the
+    # support.
+    z = (jnp.where(cols, g[None, :], 0) - C) / epsilon - 1
+    lse = jax.nn.logsumexp(jnp.where(cols, z, -jnp.inf), axis=1)
     ok = a > 0
     return jnp.where(ok, epsilon * (jnp.log(jnp.where(ok, a, 1)) - lse), 0)
-
-
-def _masked_g(g, b):
-    return jnp.where(b > 0, g, -jnp.inf)
 
 
 def _column_scale(b):
@@ -161,7 +173,7 @@ def _reduced_terms(g, C, a, b, epsilon):
     """The plan at ``(f(g), g)``, the support indicator ``v`` of ``b`` and the
     weight ``kappa`` of the rank-one gauge term, shared by :func:`_optimality`
     and :func:`_preconditioner`."""
-    f = row_potential(_masked_g(g, b), C, a, epsilon)
+    f = row_potential(g, C, a, b, epsilon)
     plan = jnp.exp(logits(f, g, C, epsilon, a, b))
     v = (b > 0).astype(g.dtype)
     kappa = _column_scale(b) / jnp.maximum(jnp.sum(v), 1)
@@ -273,11 +285,23 @@ def solve_ot(
     normalize: bool,
     throw: bool,
     implicit_solve_options: dict | None,
+    messages: dict[str, str],
+    valid=True,
 ) -> OTSolution:
     """Run ``inner(problem, f0, g0) -> (f, g, err, stalled, stats)`` (the loops,
     never differentiated), fix the gauge, attach implicit derivatives through
-    :func:`jaxsolve.custom_root` and build the :class:`OTSolution`."""
+    :func:`jaxsolve.custom_root` and build the :class:`OTSolution`.
+
+    ``messages``: the solver's own messages for its result codes; ``valid``: the
+    solver's own checks of its options (a traced boolean)."""
     problem = prepare(C, a, b, epsilon, tol, normalize)
+    problem = problem._replace(
+        result=RESULTS.where(
+            (problem.result == RESULTS.successful) & ~jnp.asarray(valid),
+            RESULTS.invalid_input,
+            problem.result,
+        )
+    )
     n, m = problem.C.shape
     dtype = problem.C.dtype
     if init is None:
@@ -310,13 +334,23 @@ def solve_ot(
         solve="cg",
         solve_options=options,
         preconditioner=_preconditioner,
+        throw=throw,
     )
-    C, a, b, epsilon = problem.C, problem.a, problem.b, problem.epsilon
+    # Invalid inputs raise (throw=True) before anything uses them, the derivative
+    # solves included: an invalid epsilon is named as such, not as the failure of
+    # the linear solve it would cause. With throw=False their derivatives are NaN.
+    C, a, b, epsilon = guard(
+        (problem.C, problem.a, problem.b, problem.epsilon),
+        input_code,
+        name,
+        throw,
+        messages,
+    )
     g, (f_loop, loop_err, stalled, stats) = root(solver)(g0, C, a, b, epsilon)
     # f is the loop's (so the plan is the one whose marginal error the loop
     # measured), with the derivative of the row update f(g): at the solution the
     # two agree to the tolerance, and f(g) is what the optimality condition uses.
-    f_of_g = row_potential(_masked_g(g, b), C, a, epsilon)
+    f_of_g = row_potential(g, C, a, b, epsilon)
     f = f_loop + (f_of_g - lax.stop_gradient(f_of_g))
     f, g = gauge(f, g, a, b)
     plan = jnp.exp(logits(f, g, C, epsilon, a, b))
@@ -325,11 +359,7 @@ def solve_ot(
     result = _finish_code(input_code, loop_err, tol_arr, stalled)
     stats = {**stats, "marginal_error": err}
     num_steps = sum(stats[k] for k in ("sinkhorn_steps", "newton_steps"))
-    if throw:
-        # The check guards every output, so that code that uses only the cost
-        # (or only the plan) still raises: an unused check would be dropped.
-        (f, g), plan, cost = error_if_failed(((f, g), plan, cost), result, name)
-    return OTSolution(
+    solution = OTSolution(
         value=(f, g),
         result=result,
         num_steps=num_steps,
@@ -338,3 +368,6 @@ def solve_ot(
         plan=plan,
         cost=cost,
     )
+    # Every output and every derivative is guarded: code that uses only the cost
+    # (or only its envelope gradient, which needs no solve) still raises.
+    return finalize(solution, throw, name, messages)

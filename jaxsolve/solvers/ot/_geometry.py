@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from ..._checks import as_float_array, check_positive_int
@@ -77,10 +78,12 @@ def grid_points(shape, dtype=None) -> Array:
     square grid) in the unit square, in row-major (C) order: ``(h w, 2)``, pixel
     ``(i, j)`` at ``((i + 1/2) / h, (j + 1/2) / w)``. So an image ``img`` of that
     shape is the density ``img.reshape(-1)`` on these points."""
-    if isinstance(shape, int):
+    if isinstance(shape, (int, np.integer)):
         shape = (shape, shape)
-    if len(shape) != 2:
-        raise ValueError(f"`shape` must be (h, w) or an int, got {shape!r}")
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise ValueError(
+            f"`shape` must be an int or a pair of ints (h, w), got {shape!r}"
+        )
     h, w = (check_positive_int(s, "shape") for s in shape)
     dtype = dtype or jnp.result_type(float)
     rows = (jnp.arange(h, dtype=dtype) + 0.5) / h

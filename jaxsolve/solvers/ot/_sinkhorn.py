@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from ..._checks import check_static_int
 from ..._iterate import iterate
 from ..._solution import RESULTS
-from ._dual import OTSolution, Problem, solve_ot
+from ._dual import INVALID_OT_INPUT, OTSolution, Problem, solve_ot
 
 __all__ = ["sinkhorn"]
 
@@ -78,6 +78,16 @@ def _sinkhorn_inner(max_steps):
         return f, g, err, jnp.asarray(False), stats
 
     return inner
+
+
+SINKHORN_MESSAGES = {
+    "invalid_input": INVALID_OT_INPUT,
+    "max_steps_reached": (
+        "the marginal error is above `tol` after `max_steps` Sinkhorn steps; "
+        "increase `max_steps`, loosen `tol`, or use sinkhorn_newton_sparse "
+        "(Newton steps: far fewer at small epsilon)"
+    ),
+}
 
 
 def sinkhorn(
@@ -151,4 +161,5 @@ def sinkhorn(
         normalize,
         throw,
         implicit_solve_options,
+        SINKHORN_MESSAGES,
     )

@@ -10,11 +10,12 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
-from ..._checks import check_static_int
+from ..._checks import check_nonnegative, check_static_int
 from ..._iterate import iterate
 from ..._solution import RESULTS
 from ..linear import cg
 from ._dual import (
+    INVALID_OT_INPUT,
     OTSolution,
     Problem,
     logits,
@@ -249,6 +250,22 @@ def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
     return inner
 
 
+SNS_MESSAGES = {
+    "invalid_input": INVALID_OT_INPUT + ", and `cg_rtol` >= 0",
+    "max_steps_reached": (
+        "the marginal error is above `tol` after `max_newton_steps` Newton steps; "
+        "increase `max_newton_steps` or `k` (entries kept per row of the "
+        "sparsified Hessian: long rows and diffuse plans need more), or loosen `tol`"
+    ),
+    "stagnation": (
+        "the line search found no ascent along the Newton direction, so the "
+        "marginal error stopped decreasing above `tol`; `tol` may be below what "
+        "the dtype allows (loosen it), or the sparsified Hessian is too coarse "
+        "(increase `k` or `warmup_steps`)"
+    ),
+}
+
+
 def sinkhorn_newton_sparse(
     C,
     a=None,
@@ -342,6 +359,7 @@ def sinkhorn_newton_sparse(
     if cg_max_steps is None:
         cg_max_steps = n + m
     cg_max_steps = check_static_int(cg_max_steps, "cg_max_steps", minimum=1)
+    cg_rtol_ok = True if cg_rtol is None else check_nonnegative(cg_rtol, "cg_rtol")
     return solve_ot(
         _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps),
         "sinkhorn_newton_sparse",
@@ -354,4 +372,6 @@ def sinkhorn_newton_sparse(
         normalize,
         throw,
         implicit_solve_options,
+        SNS_MESSAGES,
+        valid=cg_rtol_ok,
     )
