@@ -45,7 +45,9 @@ class AIDState(eqx.Module):
     opt_state: PyTree
     grad: PyTree  # the last hypergradient (at the previous x and this y)
     v: Array  # the last adjoint solution, flat (the next solve's start)
-    basis: Array  # (n, k) recycle basis (k = 0 without recycling)
+    basis: Array  # (n, k) Ritz vectors deflated from the next solve
+    solutions: Array  # (n, q) the last adjoint solutions, newest first
+    rhs: Array  # (n, q) their right-hand sides
     step_count: Array
     info: dict
 
@@ -62,6 +64,7 @@ def hypergradient(
     basis=None,
     record: int = 0,
     ritz: int | None = None,
+    initial_guess: Callable | None = None,
 ):
     r"""The implicit hypergradient ``dF/dx`` at ``(x, y)`` (``y ~ y*(x)``).
 
@@ -77,6 +80,8 @@ def hypergradient(
         rtol: relative tolerance of the backward solve.
         v0: a flat start for ``v`` (default zero); ``basis``: an ``(n, k)`` array
             to deflate (default none), with ``n`` the size of ``y``.
+        initial_guess: ``b -> v0`` (flat), a start computed from the right-hand
+            side ``b = grad_y F`` (overrides ``v0``).
     """
     y_flat, unravel = ravel_pytree(y)
     n = y_flat.size
@@ -90,6 +95,8 @@ def hypergradient(
     _, hvp = jax.linearize(
         lambda yf: ravel_pytree(grad_y_lower(x, unravel(yf)))[0], y_flat
     )
+    if initial_guess is not None:
+        v0 = initial_guess(b)
     if v0 is None:
         v0 = jnp.zeros_like(b)
     if basis is None:
@@ -112,6 +119,7 @@ def hypergradient(
     info = {
         "v": v,
         "basis": new_basis,
+        "rhs": b,
         "matvecs": sol.stats["matvecs"],
         "steps": sol.num_steps,
         "result": sol.result,
@@ -119,14 +127,21 @@ def hypergradient(
     return grad, info
 
 
-def _next_basis(ritz, v, solutions):
-    """The Ritz vectors, then the newest adjoint solution (normalised) and the
-    older ones, the oldest dropped."""
-    if solutions.shape[1] == 0:
-        return ritz
-    nv = jnp.linalg.norm(v)
-    v = v / jnp.where(nv > 0, nv, 1)
-    return jnp.concatenate([ritz, v[:, None], solutions[:, :-1]], axis=1)
+def _extrapolate(solutions, rhs, b):
+    """A start for ``A_t v = b`` from earlier solutions ``A_j v_j = b_j``: ``V c``
+    with ``c`` the least-squares fit ``B c ~ b``. It costs no operator product:
+    ``A_t V c ~ B c`` holds while the operators change slowly (the error of that
+    is what CG then removes)."""
+    g = rhs.T @ rhs
+    s, u = jnp.linalg.eigh(0.5 * (g + g.T))
+    keep = s > 1e-12 * jnp.maximum(jnp.max(s), jnp.finfo(s.dtype).tiny)
+    c = (u * jnp.where(keep, 1 / jnp.where(keep, s, 1), 0)) @ (u.T @ (rhs.T @ b))
+    return solutions @ c
+
+
+def _push(history, column):
+    """``column`` first, then the older ones; the oldest is dropped."""
+    return jnp.concatenate([column[:, None], history[:, :-1]], axis=1)
 
 
 def implicit_lower(
@@ -167,9 +182,9 @@ def aid(
     backward_rtol: float | None = None,
     backward_max_steps: int | None = None,
     recycle: bool = False,
-    recycle_dim: int = 10,
+    recycle_dim: int = 2,
     recycle_record: int = 40,
-    recycle_solutions: int = 4,
+    recycle_solutions: int = 6,
     project_x: Callable | None = None,
 ) -> BilevelMethod:
     r"""Hypergradient descent with the implicit (AID) hypergradient.
@@ -183,12 +198,14 @@ def aid(
     ``project_x`` if given. ``init`` refines ``y0`` by ``init_inner_rounds``
     calls of ``inner``.
 
-    ``recycle=True``: the backward solve deflates ``recycle_dim`` Ritz vectors
-    (smallest Ritz values) of the earlier Hessians, refreshed each step by
-    Rayleigh-Ritz on the old basis and the first ``recycle_record`` CG directions,
-    together with the last ``recycle_solutions`` adjoint solutions (so the solve
-    starts from the best combination of them, in the Hessian's norm: Fischer's
-    projection for successive right-hand sides, CMAME 1998).
+    ``recycle=True``: the backward solve starts from the combination of the last
+    ``recycle_solutions`` adjoint solutions whose right-hand sides best fit the
+    new one (least squares; no Hessian product: the earlier products are their
+    right-hand sides; cf. Fischer's projection for successive right-hand sides,
+    CMAME 1998), and deflates ``recycle_dim`` Ritz vectors (smallest Ritz values)
+    of the earlier Hessians, refreshed each step by Rayleigh-Ritz on the old basis
+    and the first ``recycle_record`` CG directions (``recycle_dim`` products a
+    step).
     ``state.info`` records ``backward_matvecs``
     (Hessian products, including the ``recycle_dim`` for the basis), ``backward_steps``
     and ``backward_result`` for every step.
@@ -209,9 +226,11 @@ def aid(
         backward_rtol = check_rate(backward_rtol, "backward_rtol")
     k = check_static_int(recycle_dim, "recycle_dim") if recycle else 0
     q = check_static_int(recycle_solutions, "recycle_solutions") if recycle else 0
-    record = check_static_int(recycle_record, "recycle_record", 1) if recycle else 0
-    if recycle and k == 0:
-        raise ValueError("`recycle_dim` must be >= 1 with `recycle=True`")
+    record = check_static_int(recycle_record, "recycle_record", 1) if k else 0
+    if recycle and k + q == 0:
+        raise ValueError(
+            "`recycle_dim + recycle_solutions` must be >= 1 with `recycle=True`"
+        )
 
     def init(x0, y0, *data):
         check_variables("aid", x0, y0, data, upper, lower)
@@ -229,7 +248,9 @@ def aid(
             opt_state=optimizer.init(x0),
             grad=jax.tree_util.tree_map(jnp.zeros_like, x0),
             v=jnp.zeros((n,), dtype),
-            basis=jnp.zeros((n, k + q), dtype),
+            basis=jnp.zeros((n, k), dtype),
+            solutions=jnp.zeros((n, q), dtype),
+            rhs=jnp.zeros((n, q), dtype),
             step_count=jnp.asarray(0, jnp.int32),
             info=info,
         )
@@ -256,6 +277,9 @@ def aid(
             basis=state.basis,
             record=record,
             ritz=k,
+            initial_guess=(
+                (lambda b: _extrapolate(state.solutions, state.rhs, b)) if q else None
+            ),
         )
         ok = h["result"] == RESULTS.successful
         updates, opt_state = optimizer.update(grad, state.opt_state, x)
@@ -275,9 +299,9 @@ def aid(
             # A failed backward solve (its best iterate is used, and the code
             # recorded) does not refresh the recycle space.
             v=jnp.where(ok, h["v"], state.v),
-            basis=jnp.where(
-                ok, _next_basis(h["basis"], h["v"], state.basis[:, k:]), state.basis
-            ),
+            basis=jnp.where(ok, h["basis"], state.basis),
+            solutions=jnp.where(ok, _push(state.solutions, h["v"]), state.solutions),
+            rhs=jnp.where(ok, _push(state.rhs, h["rhs"]), state.rhs),
             step_count=state.step_count + 1,
             info=info,
         )
