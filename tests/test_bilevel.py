@@ -266,7 +266,13 @@ def test_nonfinite_objective_keeps_last_finite_iterate():
     # the kept iterate is the one after the last finite step
     assert float(upper(x, y)) == pytest.approx(float(sol.stats["upper"][-1]))
     with pytest.raises(Exception, match="NaN or Inf"):
-        bilevel.run(method, jnp.zeros(2), jnp.zeros(2), steps=50, progress=False)
+        bilevel.run(
+            method, jnp.zeros(2), jnp.zeros(2), steps=50, progress=False, chunk=4
+        )
+    # the second run reused the first one's compilation
+    from jaxsolve.solvers.bilevel._run import _CHUNKS
+
+    assert _CHUNKS[method][4]._cache_size() == 1
 
 
 # --- tasks: hyper-cleaning and l2 tuning ---------------------------------------------

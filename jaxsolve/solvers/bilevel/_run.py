@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import weakref
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +14,10 @@ from ._problem import BilevelMethod, tree_norm, tree_where
 
 __all__ = ["run"]
 
-# One compiled chunk function per method object (a second `run` does not recompile).
+# One compiled init and chunk function per method object (a second `run` of the
+# same method does not recompile).
 _CHUNKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_INITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _chunk_fn(method: BilevelMethod, chunk: int):
@@ -134,7 +135,3 @@ def run(
         aux=state,
     )
     return finalize(solution, throw, method.name)
-
-
-_INITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-del eqx
