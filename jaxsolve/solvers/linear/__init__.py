@@ -8,6 +8,9 @@ side and to the operator's arrays through ``jax.lax.custom_linear_solve``.
 
 from ._bicgstab import bicgstab as bicgstab
 from ._cg import cg as cg
+from ._dcdm import DCDMNet as DCDMNet
+from ._dcdm import dcdm as dcdm
+from ._dcdm import load_dcdm_model as load_dcdm_model
 from ._deflated_cg import deflated_cg as deflated_cg
 from ._deflated_cg import recycled_cg as recycled_cg
 from ._dense import dense_solve as dense_solve
@@ -19,3 +22,6 @@ from ._gcrodr import gcrodr as gcrodr
 from ._gmres import gmres as gmres
 from ._solve import LINEAR_METHODS as LINEAR_METHODS
 from ._solve import linear_solve as linear_solve
+
+# linear_solve(..., method="dcdm"): the learned solver, for grid-shaped systems
+LINEAR_METHODS["dcdm"] = dcdm
