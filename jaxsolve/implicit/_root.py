@@ -42,16 +42,47 @@ def _zero_tangent(x):
     return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
-def _bind(signature: inspect.Signature | None, args: tuple, kwargs: dict) -> tuple:
-    """Keyword arguments to positional ones, after the first (the solution)."""
-    if not kwargs:
-        return args
-    if signature is None:
-        raise TypeError("keyword arguments need a signature to bind them to")
+def _reconcile(signature: inspect.Signature, solver: Callable, args, kwargs):
+    """Map a call ``solver(init, *args, **kwargs)`` onto the reference signature.
+
+    Returns ``(f_args, call_solver)``: ``f_args`` are the arguments of the
+    optimality function after ``x``, positional and in its order (defaults
+    filled in), and ``call_solver(init, *f_args)`` calls the solver with exactly
+    the caller's arguments again (positional ones positionally, keyword ones by
+    name), so that the decorator never changes what the solver computes, whatever
+    its own parameter order (JAXopt's convention; a solver written as
+    ``solver(init, **kw)`` works too). Arguments that cannot be placed in the
+    reference signature raise a ``TypeError`` naming the signature."""
     params = list(signature.parameters.values())[1:]
-    bound = inspect.Signature(params).bind(*args, **kwargs)
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind not in plain for p in params):
+        if not kwargs:  # F(x, *args) and the like: positional calls pass through
+            return tuple(args), solver
+        raise TypeError(
+            f"keyword arguments {sorted(kwargs)} cannot be matched to the reference "
+            f"signature {signature}: it has *args, **kwargs or keyword-only "
+            "parameters; pass the arguments positionally, or give "
+            "`reference_signature` a function with plain parameters"
+        )
+    try:
+        bound = inspect.Signature(params).bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(
+            f"the arguments of the decorated solver (after init) must fit the "
+            f"reference signature {signature} of the optimality function (or "
+            f"`reference_signature`): {e}"
+        ) from e
     bound.apply_defaults()
-    return tuple(bound.args) + tuple(bound.kwargs.values())
+    names = [p.name for p in params]
+    f_args = tuple(bound.arguments[name] for name in names)
+    n_positional = len(args)
+    keyword_index = {name: names.index(name) for name in kwargs}
+
+    def call_solver(init, *f_args):
+        by_name = {name: f_args[i] for name, i in keyword_index.items()}
+        return solver(init, *f_args[:n_positional], **by_name)
+
+    return f_args, call_solver
 
 
 def _check_like(out, x, what: str):
@@ -150,7 +181,10 @@ def _implicit_solution(
         return out, dx
 
     solution.defjvp(solution_jvp, symbolic_zeros=True)
-    out = solution(init, args, solver_consts, f_consts)
+    # Arrays out, even where the solver returns a Python number unchanged.
+    out = jax.tree_util.tree_map(
+        jnp.asarray, solution(init, args, solver_consts, f_consts)
+    )
     # A solution with NaN or Inf raises (throw=True) whichever output is used;
     # with throw=False its derivatives are NaN.
     return guard(out, _finite_code(out[0] if has_aux else out), _NAME, throw, _MESSAGES)
@@ -227,6 +261,17 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner, throw):
     return unravel(u)
 
 
+def _one_of(value, jaxopt_value, name: str):
+    """The function given as ``name`` or under JAXopt's keyword (``..._fun``)."""
+    if (value is None) == (jaxopt_value is None):
+        raise TypeError(
+            f"give `{name}` (or JAXopt's `{name[:-3]}_fun`), exactly one of them"
+        )
+    if not callable(value if value is not None else jaxopt_value):
+        raise TypeError(f"`{name}` must be a function")
+    return value if value is not None else jaxopt_value
+
+
 def _linear_options(solve, ridge, solve_options, preconditioner=None):
     if not (callable(solve) or isinstance(solve, str)):
         raise ValueError(f"`solve` must be a method name or a function, got {solve!r}")
@@ -252,15 +297,16 @@ def _linear_options(solve, ridge, solve_options, preconditioner=None):
 
 
 def custom_root(
-    optimality_fn: Callable,
+    optimality_fn: Callable | None = None,
     has_aux: bool = False,
-    solve: str | Callable = "gmres",
+    solve: str | Callable | None = "gmres",
     reference_signature: Callable | None = None,
     *,
     ridge: float = 0.0,
     solve_options: dict | None = None,
     preconditioner: Callable | None = None,
     throw: bool = True,
+    optimality_fun: Callable | None = None,
 ):
     r"""Decorator: differentiate a root-finding solver implicitly.
 
@@ -271,7 +317,11 @@ def custom_root(
     ``jacfwd``, ``jacrev`` and ``hessian`` all work, under ``jit`` and ``vmap``.
 
     The calling convention is JAXopt's (``jaxopt.implicit_diff.custom_root``): replace
-    the import to switch.
+    the import to switch (its keyword names ``optimality_fun=`` and ``solve=None``
+    are accepted). The solver is called with exactly the caller's arguments,
+    positional and keyword; they are matched to ``optimality_fn``'s signature
+    (or ``reference_signature``) only to call ``optimality_fn``. Arguments that
+    do not fit it raise a ``TypeError``.
 
     Args:
         optimality_fn: ``F(x, *args)``, returning a pytree shaped like ``x``.
@@ -281,8 +331,8 @@ def custom_root(
             definite, e.g. ``F`` is the gradient of a strongly convex function),
             ``"bicgstab"``, ``"dense"`` (small systems), or a function
             ``solve(matvec, b) -> x`` (JAXopt's ``jaxopt.linear_solve`` functions fit).
-        reference_signature: a function whose signature binds keyword ``args``
-            (default: ``optimality_fn``'s).
+        reference_signature: a function whose signature places keyword ``args``
+            for ``optimality_fn`` (default: ``optimality_fn``'s).
         ridge: add ``ridge I`` to ``dF/dx`` (for singular systems, e.g. a null space).
         solve_options: options for the linear solver (``rtol``, ``atol``,
             ``max_steps``, ``preconditioner``, ...). Default ``rtol`` is
@@ -315,15 +365,18 @@ def custom_root(
 
         jax.grad(lambda lam: loss(ridge(w0, lam)))(1.0)
     """
+    optimality_fn = _one_of(optimality_fn, optimality_fun, "optimality_fn")
     signature = inspect.signature(reference_signature or optimality_fn)
+    if solve is None:  # JAXopt's spelling of "the default"
+        solve = "gmres"
     linear = _linear_options(solve, ridge, solve_options, preconditioner)
 
     def decorator(solver: Callable) -> Callable:
         @functools.wraps(solver)
         def wrapped(init, *args, **kwargs):
-            args = _bind(signature, args, kwargs)
+            args, call_solver = _reconcile(signature, solver, args, kwargs)
             return _implicit_solution(
-                solver,
+                call_solver,
                 optimality_fn,
                 has_aux,
                 linear,
@@ -339,15 +392,16 @@ def custom_root(
 
 
 def custom_fixed_point(
-    fixed_point_fn: Callable,
+    fixed_point_fn: Callable | None = None,
     has_aux: bool = False,
-    solve: str | Callable = "gmres",
+    solve: str | Callable | None = "gmres",
     reference_signature: Callable | None = None,
     *,
     ridge: float = 0.0,
     solve_options: dict | None = None,
     preconditioner: Callable | None = None,
     throw: bool = True,
+    fixed_point_fun: Callable | None = None,
 ):
     r"""Decorator: differentiate a fixed-point solver implicitly.
 
@@ -358,6 +412,8 @@ def custom_fixed_point(
     Jacobian (a gradient step, say), so that ``solve="cg"`` applies there.
     Same arguments and calling convention as JAXopt's ``custom_fixed_point``.
     """
+
+    fixed_point_fn = _one_of(fixed_point_fn, fixed_point_fun, "fixed_point_fn")
 
     def optimality_fn(x, *args):
         t = fixed_point_fn(x, *args)

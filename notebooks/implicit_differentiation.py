@@ -1,85 +1,72 @@
-"""Build (and optionally execute) ``implicit_differentiation.ipynb``.
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-The notebook's source lives here so that it can be reviewed as plain Python:
+# %% [markdown]
+# # Implicit differentiation with `jaxsolve`
+#
+# Many quantities are defined as the *solution* of a problem rather than by a formula:
+# the minimiser of a training loss, the root of a system of equations, the equilibrium of
+# a layer. To differentiate such a solution $x^\star(\theta)$ with respect to the
+# parameters $\theta$ one can *unroll* the solver, i.e. let automatic differentiation
+# run backwards through every iteration. That needs a differentiable solver, stores
+# every iterate (memory grows with the number of iterations), and gives the derivative
+# of the algorithm rather than of the solution.
+#
+# *Implicit differentiation* differentiates the **optimality condition** instead.
+#
+# ## The implicit function theorem
+#
+# Let $x^\star(\theta) \in \mathbb{R}^n$ be defined by $F(x^\star(\theta), \theta) = 0$
+# for an *optimality function* $F : \mathbb{R}^n \times \mathbb{R}^p \to \mathbb{R}^n$
+# (for a minimiser, $F = \nabla_x f$). Differentiating the identity gives
+#
+# $$
+# \partial_x F \, dx + \partial_\theta F \, d\theta = 0
+# \quad\Longrightarrow\quad
+# A \, dx = -B \, d\theta,
+# \qquad A = \partial_x F(x^\star, \theta) \in \mathbb{R}^{n \times n},
+# \quad B = \partial_\theta F(x^\star, \theta) \in \mathbb{R}^{n \times p}.
+# $$
+#
+# If $A$ is invertible, $x^\star$ is differentiable and $\partial x^\star / \partial\theta
+# = -A^{-1} B$. Neither matrix is ever formed: $A v$ is a Jacobian-vector product of $F$
+# in $x$, and $B \dot\theta$ one in $\theta$.
+#
+# * **Forward mode** (JVP): for a tangent $\dot\theta$, the tangent of the solution solves
+#   $A \dot x = -B \dot\theta$: **one linear solve per tangent**.
+# * **Reverse mode** (VJP): for a cotangent $\bar x$ (e.g. the gradient of a loss with
+#   respect to $x^\star$), $\bar\theta = -B^\top A^{-\top} \bar x$: solve the **transposed
+#   system** $A^\top u = \bar x$ once, then $\bar\theta = -B^\top u$ (a vector-Jacobian
+#   product of $F$). One solve, however many parameters $\theta$ has.
+#
+# `jaxsolve.custom_root(F)` attaches this rule to *any* solver as a `jax.custom_jvp`, with
+# the linear solve inside `jax.lax.custom_linear_solve`. JAX then derives reverse mode by
+# transposing the rule (which turns the solve into the transposed solve above), and
+# higher derivatives by differentiating the rule again. The solver's loop is never
+# differentiated: it may be a `lax.while_loop` with early stopping, a warm-started method
+# or anything else that returns the solution, and memory does not grow with its number
+# of iterations.
+#
+# The calling convention is JAXopt's: decorate `solver(init, *args)` (returning
+# $x^\star$) with `custom_root(F)`, where `F(x, *args) = 0` at the solution; derivatives
+# flow to `args`, while `init` (the initial guess) gets none. `custom_fixed_point(T)`
+# handles $x^\star = T(x^\star, \theta)$, i.e. $F = T(x) - x$. The argument `solve=` picks
+# the linear solver for $A$: `"cg"` when $A$ is symmetric positive definite (e.g.
+# $F = \nabla_x f$ with $f$ strongly convex), `"gmres"` (the default) or `"bicgstab"` for
+# general $A$, `"dense"` for small systems.
 
-    python notebooks/_build_implicit_notebook.py            # write, no outputs
-    python notebooks/_build_implicit_notebook.py --execute  # write and execute
-
-Executing stores the outputs (text and figures) in the notebook, so that it renders
-on GitHub. The kernel imports ``jaxsolve`` from this checkout (``PYTHONPATH`` is set
-to the repository root).
-"""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-from _notebook_builder import Builder
-
-NOTEBOOK = Builder(
-    Path(__file__).resolve().parent / "implicit_differentiation.ipynb", __doc__
-)
-md, code = NOTEBOOK.md, NOTEBOOK.code
-
-
-# --------------------------------------------------------------------------------------
-md(r"""
-# Implicit differentiation with `jaxsolve`
-
-Many quantities are defined as the *solution* of a problem rather than by a formula:
-the minimiser of a training loss, the root of a system of equations, the equilibrium of
-a layer. To differentiate such a solution $x^\star(\theta)$ with respect to the
-parameters $\theta$ one can *unroll* the solver, i.e. let automatic differentiation
-run backwards through every iteration. That needs a differentiable solver, stores
-every iterate (memory grows with the number of iterations), and gives the derivative
-of the algorithm rather than of the solution.
-
-*Implicit differentiation* differentiates the **optimality condition** instead.
-
-## The implicit function theorem
-
-Let $x^\star(\theta) \in \mathbb{R}^n$ be defined by $F(x^\star(\theta), \theta) = 0$
-for an *optimality function* $F : \mathbb{R}^n \times \mathbb{R}^p \to \mathbb{R}^n$
-(for a minimiser, $F = \nabla_x f$). Differentiating the identity gives
-
-$$
-\partial_x F \, dx + \partial_\theta F \, d\theta = 0
-\quad\Longrightarrow\quad
-A \, dx = -B \, d\theta,
-\qquad A = \partial_x F(x^\star, \theta) \in \mathbb{R}^{n \times n},
-\quad B = \partial_\theta F(x^\star, \theta) \in \mathbb{R}^{n \times p}.
-$$
-
-If $A$ is invertible, $x^\star$ is differentiable and $\partial x^\star / \partial\theta
-= -A^{-1} B$. Neither matrix is ever formed: $A v$ is a Jacobian-vector product of $F$
-in $x$, and $B \dot\theta$ one in $\theta$.
-
-* **Forward mode** (JVP): for a tangent $\dot\theta$, the tangent of the solution solves
-  $A \dot x = -B \dot\theta$: **one linear solve per tangent**.
-* **Reverse mode** (VJP): for a cotangent $\bar x$ (e.g. the gradient of a loss with
-  respect to $x^\star$), $\bar\theta = -B^\top A^{-\top} \bar x$: solve the **transposed
-  system** $A^\top u = \bar x$ once, then $\bar\theta = -B^\top u$ (a vector-Jacobian
-  product of $F$). One solve, however many parameters $\theta$ has.
-
-`jaxsolve.custom_root(F)` attaches this rule to *any* solver as a `jax.custom_jvp`, with
-the linear solve inside `jax.lax.custom_linear_solve`. JAX then derives reverse mode by
-transposing the rule (which turns the solve into the transposed solve above), and
-higher derivatives by differentiating the rule again. The solver's loop is never
-differentiated: it may be a `lax.while_loop` with early stopping, a warm-started method
-or anything else that returns the solution, and memory does not grow with its number
-of iterations.
-
-The calling convention is JAXopt's: decorate `solver(init, *args)` (returning
-$x^\star$) with `custom_root(F)`, where `F(x, *args) = 0` at the solution; derivatives
-flow to `args`, while `init` (the initial guess) gets none. `custom_fixed_point(T)`
-handles $x^\star = T(x^\star, \theta)$, i.e. $F = T(x) - x$. The argument `solve=` picks
-the linear solver for $A$: `"cg"` when $A$ is symmetric positive definite (e.g.
-$F = \nabla_x f$ with $f$ strongly convex), `"gmres"` (the default) or `"bicgstab"` for
-general $A$, `"dense"` for small systems.
-""")
-
-code(r"""
-%matplotlib inline
+# %%
+# %matplotlib inline
 import time
 
 import jax
@@ -99,30 +86,27 @@ from jaxsolve.problems import (
 
 jax.config.update("jax_enable_x64", True)  # float64: derivatives checked to ~1e-10
 print("jax", jax.__version__, "| jaxsolve", jaxsolve.__version__)
-""")
 
-# --------------------------------------------------------------------------------------
-md(r"""
-## 1. The gradient of a validation loss with respect to a ridge penalty
+# %% [markdown]
+# ## 1. The gradient of a validation loss with respect to a ridge penalty
+#
+# Ridge regression on training data $(X, y)$:
+#
+# $$
+# w^\star(\lambda) = \arg\min_w \tfrac12 \|X w - y\|^2 + \tfrac{\lambda}{2} \|w\|^2,
+# \qquad
+# F(w, \lambda) = X^\top (X w - y) + \lambda w = 0 .
+# $$
+#
+# Here $A = X^\top X + \lambda I$ is symmetric positive definite (so `solve="cg"`) and
+# $B = \partial_\lambda F = w$, hence $dw^\star / d\lambda = -(X^\top X + \lambda I)^{-1}
+# w^\star$. We tune $\lambda$ on held-out data, with the validation loss
+# $L(\lambda) = \frac{1}{2 m} \|X_{\rm val} w^\star(\lambda) - y_{\rm val}\|^2$.
+#
+# The inner solver runs `jaxsolve.cg` on the normal equations. Any solver would do:
+# `custom_root` only needs the solution it returns.
 
-Ridge regression on training data $(X, y)$:
-
-$$
-w^\star(\lambda) = \arg\min_w \tfrac12 \|X w - y\|^2 + \tfrac{\lambda}{2} \|w\|^2,
-\qquad
-F(w, \lambda) = X^\top (X w - y) + \lambda w = 0 .
-$$
-
-Here $A = X^\top X + \lambda I$ is symmetric positive definite (so `solve="cg"`) and
-$B = \partial_\lambda F = w$, hence $dw^\star / d\lambda = -(X^\top X + \lambda I)^{-1}
-w^\star$. We tune $\lambda$ on held-out data, with the validation loss
-$L(\lambda) = \frac{1}{2 m} \|X_{\rm val} w^\star(\lambda) - y_{\rm val}\|^2$.
-
-The inner solver runs `jaxsolve.cg` on the normal equations. Any solver would do:
-`custom_root` only needs the solution it returns.
-""")
-
-code(r"""
+# %%
 rng = np.random.default_rng(0)
 n_train, n_val, n_features = 40, 200, 30
 w_true = rng.standard_normal(n_features)
@@ -154,16 +138,15 @@ def validation_loss_closed_form(lam):
     A = X_train.T @ X_train + lam * jnp.eye(n_features)
     w = jnp.linalg.solve(A, X_train.T @ y_train)
     return 0.5 * jnp.mean((X_val @ w - y_val) ** 2)
-""")
 
-md(r"""
-`jax.grad` of the validation loss now works through the CG solver, and composes with
-`jax.vmap` and `jax.jit`: one call gives the loss and its gradient for a whole grid of
-$\lambda$. We compare with differentiating the closed form and with central finite
-differences.
-""")
 
-code(r"""
+# %% [markdown]
+# `jax.grad` of the validation loss now works through the CG solver, and composes with
+# `jax.vmap` and `jax.jit`: one call gives the loss and its gradient for a whole grid of
+# $\lambda$. We compare with differentiating the closed form and with central finite
+# differences.
+
+# %%
 loss_and_grad = jax.jit(jax.vmap(jax.value_and_grad(validation_loss)))
 grad_closed_form = jax.jit(jax.vmap(jax.grad(validation_loss_closed_form)))
 
@@ -191,9 +174,8 @@ print("max relative error vs closed form:   ", max_rel_err(grads, grads_referenc
 print("max relative error vs finite diffs:  ", max_rel_err(grads, grads_fd))
 np.testing.assert_allclose(grads, grads_reference, rtol=1e-8)
 np.testing.assert_allclose(grads, grads_fd, rtol=1e-5)
-""")
 
-code(r"""
+# %%
 best = int(np.argmin(losses))
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.5))
 ax0.semilogx(lams, losses, "o-")
@@ -211,23 +193,21 @@ ax1.set(
 ax1.legend()
 fig.tight_layout()
 plt.show()
-""")
 
-md(r"""
-### Forward mode and second order
+# %% [markdown]
+# ### Forward mode and second order
+#
+# Because `custom_root` defines a **JVP** rule, forward mode works directly (`jax.jvp`,
+# `jax.jacfwd`), and so does second order: JAX differentiates the rule, including its
+# linear solve, once more. Below, `jax.jvp` of `jax.grad` (forward-over-reverse) returns
+# the gradient together with its derivative $d^2L/d\lambda^2$, a Hessian-vector product.
+# `jax.hessian(validation_loss)` gives the same number: it is `jacfwd(jacrev(...))`, this
+# same product batched by `vmap` over a basis (here of size one), and takes about twice
+# as long to compile. (JAXopt's `custom_root` is a `jax.custom_vjp`, which supports
+# reverse mode only: `jax.jvp`, `jax.jacfwd` or `jax.hessian` through it raise
+# `TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp function`.)
 
-Because `custom_root` defines a **JVP** rule, forward mode works directly (`jax.jvp`,
-`jax.jacfwd`), and so does second order: JAX differentiates the rule, including its
-linear solve, once more. Below, `jax.jvp` of `jax.grad` (forward-over-reverse) returns
-the gradient together with its derivative $d^2L/d\lambda^2$, a Hessian-vector product.
-`jax.hessian(validation_loss)` gives the same number: it is `jacfwd(jacrev(...))`, this
-same product batched by `vmap` over a basis (here of size one), and takes about twice
-as long to compile. (JAXopt's `custom_root` is a `jax.custom_vjp`, which supports
-reverse mode only: `jax.jvp`, `jax.jacfwd` or `jax.hessian` through it raise
-`TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp function`.)
-""")
-
-code(r"""
+# %%
 i0 = 12
 lam0 = lams[i0]  # lambda = 10, a point of the grid above
 
@@ -246,30 +226,27 @@ print(f"d2L/dlam2    forward-over-reverse: {second:.12e}")
 print(f"             finite differences:   {second_fd:.12e}")
 np.testing.assert_allclose(grad0, grads_reference[i0], rtol=1e-8)
 np.testing.assert_allclose(second, second_fd, rtol=1e-5)
-""")
 
-# --------------------------------------------------------------------------------------
-md(r"""
-## 2. Hyperparameter optimisation for logistic regression
+# %% [markdown]
+# ## 2. Hyperparameter optimisation for logistic regression
+#
+# Now the inner problem has no closed form: $\ell_2$-regularised logistic regression,
+#
+# $$
+# w^\star(\lambda) = \arg\min_w \; \ell_{\rm train}(w) + \tfrac{\lambda}{2}\|w\|^2,
+# \qquad F(w, \lambda) = \nabla \ell_{\rm train}(w) + \lambda w,
+# $$
+#
+# where $\ell$ is the mean binary cross-entropy (`jaxsolve.problems.logistic_loss`).
+# $A = \nabla^2 \ell_{\rm train}(w^\star) + \lambda I$ is symmetric positive definite, so
+# `solve="cg"` again. `F` is simply `jax.grad` of the objective; the data are passed as
+# arguments of the solver and of `F` (so they could be differentiated too).
+#
+# The inner solver is plain gradient descent with step $1/L$,
+# $L = \|X\|_2^2 / (4 n) + \lambda$, in a `lax.while_loop` that stops when
+# $\|\nabla\| \le 10^{-10}$. A `while_loop` cannot be reverse-differentiated at all:
 
-Now the inner problem has no closed form: $\ell_2$-regularised logistic regression,
-
-$$
-w^\star(\lambda) = \arg\min_w \; \ell_{\rm train}(w) + \tfrac{\lambda}{2}\|w\|^2,
-\qquad F(w, \lambda) = \nabla \ell_{\rm train}(w) + \lambda w,
-$$
-
-where $\ell$ is the mean binary cross-entropy (`jaxsolve.problems.logistic_loss`).
-$A = \nabla^2 \ell_{\rm train}(w^\star) + \lambda I$ is symmetric positive definite, so
-`solve="cg"` again. `F` is simply `jax.grad` of the objective; the data are passed as
-arguments of the solver and of `F` (so they could be differentiated too).
-
-The inner solver is plain gradient descent with step $1/L$,
-$L = \|X\|_2^2 / (4 n) + \lambda$, in a `lax.while_loop` that stops when
-$\|\nabla\| \le 10^{-10}$. A `while_loop` cannot be reverse-differentiated at all:
-""")
-
-code(r"""
+# %%
 make_data = jax.jit(make_classification, static_argnums=(1, 2))
 X, y = map(np.asarray, make_data(jax.random.PRNGKey(1), 200, 40))
 Xc_train, yc_train = jnp.asarray(X[:80]), jnp.asarray(y[:80])  # 80 to train on
@@ -310,17 +287,15 @@ try:
     jax.jit(jax.grad(unrolled_val_loss))(0.1)
 except ValueError as err:
     print("ValueError:", err)
-""")
 
-md(r"""
-Decorating the *same* solver with `custom_root` makes it differentiable
-(`has_aux=True`: the solver also returns its number of steps, which gets no
-derivative). We optimise $\log\lambda$ (so that $\lambda$ stays positive) with Adam,
-warm-starting each inner solve at the previous solution: the initial guess receives no
-gradient, so this changes nothing in the hypergradient.
-""")
+# %% [markdown]
+# Decorating the *same* solver with `custom_root` makes it differentiable
+# (`has_aux=True`: the solver also returns its number of steps, which gets no
+# derivative). We optimise $\log\lambda$ (so that $\lambda$ stays positive) with Adam,
+# warm-starting each inner solve at the previous solution: the initial guess receives no
+# gradient, so this changes nothing in the hypergradient.
 
-code(r"""
+# %%
 implicit_gd = custom_root(logistic_optimality, has_aux=True, solve="cg")(
     gradient_descent
 )
@@ -367,9 +342,8 @@ for i in range(0, len(history), 4):
         f"outer step {i:2d}: lambda={lam_i:.4f}  val loss={loss_i:.4f}  "
         f"inner GD steps={steps_i}"
     )
-""")
 
-code(r"""
+# %%
 lam_path, loss_path, _ = map(np.array, zip(*history, strict=True))
 lam_grid = np.logspace(-3, 0.5, 15)
 loss_grid = [float(loss_at(np.log(lam))) for lam in lam_grid]
@@ -385,22 +359,19 @@ ax1.set(xlabel=r"$\lambda$", ylabel="validation loss", title="path of $\\lambda$
 ax1.legend()
 fig.tight_layout()
 plt.show()
-""")
 
-# --------------------------------------------------------------------------------------
-md(r"""
-## 3. A fixed point: a small deep-equilibrium layer
+# %% [markdown]
+# ## 3. A fixed point: a small deep-equilibrium layer
+#
+# A deep-equilibrium layer outputs the fixed point of
+# $z = T(z) = \tanh(W z + U x)$ for a batch of inputs $x$. If $\|W\|_2 < 1$ the map is a
+# contraction ($|\tanh'| \le 1$), so the fixed-point iteration converges and
+# $A = \partial_z T - I = \mathrm{diag}(1 - z^2)\, W - I$ is invertible. $A$ is not
+# symmetric, so `custom_fixed_point` uses GMRES (its default). The solver is a plain
+# fixed-point iteration in a `while_loop`; we check the gradient of a loss with respect
+# to $W$ and $U$ against central finite differences in random directions.
 
-A deep-equilibrium layer outputs the fixed point of
-$z = T(z) = \tanh(W z + U x)$ for a batch of inputs $x$. If $\|W\|_2 < 1$ the map is a
-contraction ($|\tanh'| \le 1$), so the fixed-point iteration converges and
-$A = \partial_z T - I = \mathrm{diag}(1 - z^2)\, W - I$ is invertible. $A$ is not
-symmetric, so `custom_fixed_point` uses GMRES (its default). The solver is a plain
-fixed-point iteration in a `while_loop`; we check the gradient of a loss with respect
-to $W$ and $U$ against central finite differences in random directions.
-""")
-
-code(r"""
+# %%
 rng = np.random.default_rng(2)
 d_hidden, d_in, batch = 16, 4, 8
 W = rng.standard_normal((d_hidden, d_hidden))
@@ -450,27 +421,26 @@ print(f"<grad_W, dW>: implicit {np.vdot(grad_W, dW):.10e}, finite diff {fd_W:.10
 print(f"<grad_U, dU>: implicit {np.vdot(grad_U, dU):.10e}, finite diff {fd_U:.10e}")
 np.testing.assert_allclose(np.vdot(grad_W, dW), fd_W, rtol=1e-6)
 np.testing.assert_allclose(np.vdot(grad_U, dU), fd_U, rtol=1e-6)
-""")
 
-# --------------------------------------------------------------------------------------
-md(r"""
-## 4. Implicit versus unrolled differentiation
 
-Back to the logistic-regression hypergradient $dL/d\lambda$, now with an inner
-gradient descent of exactly $T$ steps, differentiated in two ways:
+# %% [markdown]
+# ## 4. Implicit versus unrolled differentiation
+#
+# Back to the logistic-regression hypergradient $dL/d\lambda$, now with an inner
+# gradient descent of exactly $T$ steps, differentiated in two ways:
+#
+# * **implicit**: `custom_root` applied at the $T$-th iterate $w_T$. The number of steps
+#   is passed as an (integer) argument of the solver that the optimality function
+#   ignores, so **one compiled function serves every $T$**.
+# * **unrolled**: reverse mode through a `lax.fori_loop` with a static trip count (a
+#   `scan`), which stores every iterate for the backward pass: one compilation per $T$.
+#
+# We measure the run time of the compiled gradient (median of a few runs) and the
+# scratch memory XLA allocates for it
+# (`jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes`).
 
-* **implicit**: `custom_root` applied at the $T$-th iterate $w_T$. The number of steps
-  is passed as an (integer) argument of the solver that the optimality function
-  ignores, so **one compiled function serves every $T$**.
-* **unrolled**: reverse mode through a `lax.fori_loop` with a static trip count (a
-  `scan`), which stores every iterate for the backward pass: one compilation per $T$.
 
-We measure the run time of the compiled gradient (median of a few runs) and the
-scratch memory XLA allocates for it
-(`jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes`).
-""")
-
-code(r"""
+# %%
 def gd_fixed_steps(init, lam, X, y, num_steps):
     step = step_size(lam, X)
     gd_step = lambda _, w: w - step * logistic_optimality(w, lam, X, y)
@@ -541,9 +511,8 @@ for r in results:
     )
 assert results[-1]["memory_unrolled"] > 5 * memory_implicit
 np.testing.assert_allclose(results[-1]["g_unrolled"], g_reference, rtol=1e-6)
-""")
 
-code(r"""
+# %%
 Ts = np.array([r["T"] for r in results])
 col = {k: np.array([r[k] for r in results]) for k in results[0]}
 fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -569,32 +538,26 @@ for ax in (ax0, ax1, ax2):
     ax.legend()
 fig.tight_layout()
 plt.show()
-""")
 
-md(r"""
-The unrolled gradient stores every iterate, so its memory grows linearly with $T$,
-while the implicit gradient's memory does not depend on $T$ at all (it is the same
-compiled program for every $T$). For large $T$ the implicit gradient is also faster:
-the backward pass costs one CG solve instead of $T$ reversed steps. Both hypergradients
-converge to the same value as gradient descent converges: the implicit one is exact at
-the exact solution and inherits the accuracy of $w_T$, the unrolled one is the exact
-derivative of an inexact algorithm.
-
-## Summary
-
-* `custom_root(F)(solver)` / `custom_fixed_point(T)(solver)` make any solver
-  differentiable, in forward and reverse mode and to any order, under `jit` and `vmap`.
-* Choose `solve="cg"` when $\partial_x F$ is symmetric positive definite (gradients of
-  strongly convex objectives), otherwise `"gmres"` (default) or `"bicgstab"`. With
-  `custom_fixed_point`, $\partial_x F = \partial_x T - I$ is negative definite even
-  when $\partial_x T$ is symmetric (e.g. $T$ a gradient step), so keep GMRES there.
-* The derivative is that of the *solution*: it is as accurate as the solver's output
-  satisfies $F(x, \theta) = 0$. Solve tightly when you need accurate gradients.
-* Arrays that the optimality function closes over receive gradients, like arguments;
-  arrays that only the solver closes over, and `init`, receive none. When in doubt,
-  pass them as arguments.
-""")
-
-
-if __name__ == "__main__":
-    NOTEBOOK.main()
+# %% [markdown]
+# The unrolled gradient stores every iterate, so its memory grows linearly with $T$,
+# while the implicit gradient's memory does not depend on $T$ at all (it is the same
+# compiled program for every $T$). For large $T$ the implicit gradient is also faster:
+# the backward pass costs one CG solve instead of $T$ reversed steps. Both hypergradients
+# converge to the same value as gradient descent converges: the implicit one is exact at
+# the exact solution and inherits the accuracy of $w_T$, the unrolled one is the exact
+# derivative of an inexact algorithm.
+#
+# ## Summary
+#
+# * `custom_root(F)(solver)` / `custom_fixed_point(T)(solver)` make any solver
+#   differentiable, in forward and reverse mode and to any order, under `jit` and `vmap`.
+# * Choose `solve="cg"` when $\partial_x F$ is symmetric positive definite (gradients of
+#   strongly convex objectives), otherwise `"gmres"` (default) or `"bicgstab"`. With
+#   `custom_fixed_point`, $\partial_x F = \partial_x T - I$ is negative definite even
+#   when $\partial_x T$ is symmetric (e.g. $T$ a gradient step), so keep GMRES there.
+# * The derivative is that of the *solution*: it is as accurate as the solver's output
+#   satisfies $F(x, \theta) = 0$. Solve tightly when you need accurate gradients.
+# * Arrays that the optimality function closes over receive gradients, like arguments;
+#   arrays that only the solver closes over, and `init`, receive none. When in doubt,
+#   pass them as arguments.
