@@ -8,6 +8,7 @@ float64, no recompilation, and bad input. A new solver only adds a registry entr
 
 # Importing the case modules fills the registry.
 from . import _bilevel_cases as _bilevel_cases  # noqa: E402, I001
+from . import _dcdm_cases as _dcdm_cases  # noqa: E402
 from . import _implicit_cases as _implicit_cases  # noqa: E402
 from . import _linear_cases as _linear_cases  # noqa: E402
 from . import _ot_cases as _ot_cases  # noqa: E402

@@ -90,7 +90,9 @@ def load_model(path, *, like: DCDMNet | None = None) -> DCDMNet:
     checkpoint). With ``like``, the file must hold a model of ``like``'s
     configuration (else a ``ValueError`` says how they differ)."""
     path = pathlib.Path(path)
-    with open(path, "rb") as f:
+    # Loaded eagerly even when first asked for inside jit (the shipped model is
+    # cached: a traced copy would leak out of that trace).
+    with jax.ensure_compile_time_eval(), open(path, "rb") as f:
         header = _read_header(f, path)
         config = header["model"]
         if like is not None and like.config() != config:
