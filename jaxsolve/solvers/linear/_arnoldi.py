@@ -87,7 +87,8 @@ def arnoldi_cycle(
     Args:
         matvec: ``v -> A M v`` on flat vectors.
         basis: ``(m + 1, n)``; rows ``< start`` hold ``C`` (orthonormal), row
-            ``start`` the unit residual ``r / beta``; the other rows are ignored.
+            ``start`` the unit residual ``r / beta``; the other rows must be
+            finite (zeros: they are masked out, and overwritten step by step).
         hess: ``(m + 1, m)``; its columns ``< start`` hold ``D`` on the diagonal
             (``A U D = C D``), the others are ignored.
         start: ``p`` (static): 0 for GMRES, ``k`` for GCRO-DR.
@@ -98,8 +99,6 @@ def arnoldi_cycle(
     m = hess.shape[1]
     rows = jnp.arange(m + 1)
     dtype = basis.dtype
-    keep = (rows <= start).astype(dtype)
-    basis = basis * keep[:, None]  # no stale rows from an earlier cycle
     hess = hess * (jnp.arange(m) < start).astype(dtype)
     rot = jnp.eye(m + 1, dtype=dtype)
     g = jnp.zeros((m + 1,), dtype).at[start].set(beta)

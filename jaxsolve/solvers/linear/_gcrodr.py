@@ -149,13 +149,25 @@ def _dominant_subspace(kmat: Array, k: int, iterations: int) -> Array:
     )
 
 
+def _combine(coef: Array, cycle: ArnoldiCycle, start, ud_rows: Array) -> Array:
+    """``coef^T V_hat`` (rows), ``coef`` ``(m, ...)``, without forming ``V_hat``:
+    its rows are ``U D`` below ``start``, the Krylov rows ``W[j]`` up to the
+    used columns, zero beyond."""
+    m = cycle.hess.shape[1]
+    k = ud_rows.shape[0]
+    rows = jnp.arange(m).reshape((m,) + (1,) * (coef.ndim - 1))
+    krylov = (rows >= start) & (rows < start + cycle.steps)
+    recycled = jnp.where(rows[:k] < start, coef[:k], 0)
+    return recycled.T @ ud_rows + jnp.where(krylov, coef, 0).T @ cycle.basis[:m]
+
+
 def _harmonic_ritz(
-    cycle: ArnoldiCycle, start, v_hat: Array, ud_rows: Array, k: int, eps
+    cycle: ArnoldiCycle, start, ud_rows: Array, k: int, eps
 ) -> tuple[Array, Array]:
     """The new recycle space ``(U, C)`` (rows) from one cycle: the span of the
     ``k`` harmonic Ritz vectors of smallest ``|theta|`` over ``range(V_hat)``."""
     p = _ritz_subspace(cycle, start, ud_rows, k, _RITZ_ITERATIONS)
-    y_rows = p.T @ v_hat  # Y = V_hat P
+    y_rows = _combine(p, cycle, start, ud_rows)  # Y = V_hat P
     gp = cycle.hess @ p  # A Y = W G P
     lsv, s, rsv = jnp.linalg.svd(gp, full_matrices=False)
     keep = s > eps * s[0]
@@ -226,16 +238,10 @@ def _make_loop(m: int, k: int, recycle_rows):
                 amv, basis, hess, start, beta, tol, max_steps - total
             )
             y = least_squares_solution(arnoldi, start)
-            rows = jnp.arange(m)[:, None]
-            used = rows < start + arnoldi.steps
-            padded = jnp.zeros((m, n), dtype).at[:k].set(ud_rows)
-            v_hat = jnp.where(
-                used, jnp.where(rows < start, padded, arnoldi.basis[:m]), 0
-            )
-            x_new = x + precond(y @ v_hat)
+            x_new = x + precond(_combine(y, arnoldi, start, ud_rows))
             r_new = b - matvec(x_new)
             beta_new = norm(r_new)
-            new_u, new_c = _harmonic_ritz(arnoldi, start, v_hat, ud_rows, k, eps)
+            new_u, new_c = _harmonic_ritz(arnoldi, start, ud_rows, k, eps)
             took = arnoldi.steps > 0
             u_rows = jnp.where(took, new_u, u_rows)
             c_rows = jnp.where(took, new_c, c_rows)
