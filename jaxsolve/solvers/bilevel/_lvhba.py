@@ -182,7 +182,7 @@ def lv_hba(
         gFx, gFy = grad_F(x, y, *data)
         gfx, gfy = grad_f(x, y, *data)
         gfx_theta, _ = grad_f(x, theta_new, *data)
-        jx_lam, _, g_new = g_terms(x, theta_new, lam_new, data)
+        jx_lam, _, _ = g_terms(x, theta_new, lam_new, data)
         d_x = jax.tree_util.tree_map(
             lambda a, b, c, d: a / c_k + b - c - d, gFx, gfx, gfx_theta, jx_lam
         )
@@ -194,7 +194,12 @@ def lv_hba(
         if project is not None:
             x_new, y_new = project(x_new, y_new)
         z_new = jnp.clip(z - beta * (z - lam_new) / gamma2, lo, multiplier_bound)
-        max_g = jnp.max(g_new) if g_new.size else jnp.asarray(0.0, dtype)
+        # The constraint violation of the new iterate (|h| for an equality).
+        if constraint is None:
+            max_g = jnp.asarray(0.0, dtype)
+        else:
+            g_xy = constraint(x_new, y_new, *data)
+            max_g = jnp.max(jnp.abs(g_xy)) if equality else jnp.max(g_xy)
         return LVHBAState(
             x=x_new,
             y=y_new,
