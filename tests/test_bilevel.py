@@ -514,3 +514,19 @@ def test_float32_hypergradient():
     assert jax.tree.leaves(g)[0].dtype == jnp.float32
     assert info["result"] == RESULTS.successful
     assert _rel(g, _closed_form(_X)) < 1e-4
+
+
+def test_aid_with_a_jaxsolve_inner_solver():
+    """The inner solver can be any jaxsolve solver (here CG on the lower level's
+    linear optimality condition, warm-started); the hypergradient is then exact."""
+
+    def inner(x, y, scale):
+        sol = jaxsolve.cg(scale * _A, _B @ _xf(x), x0=_yf(y), rtol=1e-13)
+        return (sol.value[:4], sol.value[4:])
+
+    method = bilevel.aid(_upper_q, _lower_q, learning_rate=0.01, inner=inner)
+    init, step = jax.jit(method.init), jax.jit(method.step)
+    state = step(init(_X, (jnp.zeros(4), jnp.zeros(3)), 1.5), 1.5)
+    assert _rel(state.grad, _closed_form(_X, 1.5)) < 1e-9
+    expect = jax.tree.map(lambda a, g: a - 0.01 * g, _X, _closed_form(_X, 1.5))
+    assert _rel(state.x, expect) < 1e-9
