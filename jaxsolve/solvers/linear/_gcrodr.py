@@ -239,7 +239,10 @@ def _make_loop(m: int, k: int, recycle_rows):
             )
             y = least_squares_solution(arnoldi, start)
             x_new = x + precond(_combine(y, arnoldi, start, ud_rows))
-            r_new = b - matvec(x_new)
+            # The residual by recurrence, r - W^T G y (as Parks et al.): no product
+            # with A. krylov_solve checks the true residual at the end and
+            # restarts from it if rounding made the two drift apart.
+            r_new = r - (arnoldi.hess @ y) @ arnoldi.basis
             beta_new = norm(r_new)
             new_u, new_c = _harmonic_ritz(arnoldi, start, ud_rows, k, eps)
             took = arnoldi.steps > 0
@@ -259,7 +262,7 @@ def _make_loop(m: int, k: int, recycle_rows):
                 r_new,
                 beta_new,
                 total + steps,
-                matvecs + steps + 1,
+                matvecs + steps,
                 result,
                 u_rows,
                 c_rows,
@@ -319,8 +322,9 @@ def gcrodr(
     Returns:
         :class:`RecycleSolution`: ``.value = x``, ``.num_steps`` (Arnoldi steps),
         ``.residual = ||b - A x||_2``, ``.stats["matvecs"]`` (every product with
-        ``A``: Arnoldi steps, one true residual a cycle, ``k`` for a given recycle
-        space, the first residual) and ``.recycle``, the updated
+        ``A``: Arnoldi steps, ``k`` for a given recycle space, the first and the
+        final true residual; within the solve the residual is updated by
+        recurrence, as in Parks et al.) and ``.recycle``, the updated
         :class:`RecycleSpace` for the next system.
 
     Runs under ``jit`` and ``vmap`` (fixed-size buffers, ``lax.while_loop``), on
