@@ -74,7 +74,7 @@ plt.show()
 #
 # The same 16 systems, rtol 1e-8, three ways: GMRES(40) on each system alone,
 # GCRO-DR(40, 20) recycling in the given order, and in the greedy sorted order.
-# Each is one jitted call (compiled once, timed on a second call).
+# Each is one jitted call (compiled once; the best of three timed calls).
 
 
 # %%
@@ -91,9 +91,12 @@ def run(method, order, **options):
         )
     )
     jax.block_until_ready(fn(fam.params))
-    start = time.perf_counter()
-    sol = jax.block_until_ready(fn(fam.params))
-    return sol, time.perf_counter() - start
+    times = []
+    for _ in range(3):  # the best of three: the machine may be shared
+        start = time.perf_counter()
+        sol = jax.block_until_ready(fn(fam.params))
+        times.append(time.perf_counter() - start)
+    return sol, min(times)
 
 
 runs = {
@@ -149,6 +152,11 @@ for name, (sol, sec) in runs.items():
     )
 
 # %% [markdown]
+# At this small size (n = 1024) a product with A is cheap, and GCRO-DR's fixed
+# work per cycle (a 40x40 eigenproblem, an SVD and a few k x n products for the
+# harmonic Ritz update) outweighs the products it saves: fewer products, but no
+# faster. The balance turns with the size of the system.
+#
 # At the paper's size (`benchmarks/krylov.py`: 40 Darcy systems on 80x80,
 # n = 6400, rtol 1e-8, against scipy) and the paper's own Table 1 (SKR over PETSc
 # GMRES(40), Darcy n = 6400, no preconditioner: 2.70x in time, 19.1x in
