@@ -14,6 +14,10 @@ from ..implicit import custom_fixed_point, custom_root
 from ..problems import make_classification, ridge_logistic_objective
 from ._registry import BadInput, SolverCase, register
 
+# With throw=True the decorated solver raises first, with custom_root's message;
+# the cases report a non-finite solution with the same words.
+_MESSAGES = {"nonfinite_value": "the solver returned a solution containing NaN or Inf"}
+
 
 def _as_solution(x, num_steps, residual, throw, name) -> Solution:
     ok = jnp.isfinite(residual)
@@ -23,7 +27,7 @@ def _as_solution(x, num_steps, residual, throw, name) -> Solution:
         num_steps=num_steps,
         residual=residual,
     )
-    return finalize(solution, throw, name)
+    return finalize(solution, throw, name, _MESSAGES)
 
 
 # --- custom_root: l2-regularised logistic regression solved by Newton's method ---
@@ -67,7 +71,7 @@ def _logistic_inputs(dtype):
 
 
 def _logistic_solve(lam, X, y, throw=True):
-    w, k = _logistic_root(jnp.zeros(X.shape[1], X.dtype), lam, X, y)
+    w, k = _logistic_root[throw](jnp.zeros(X.shape[1], X.dtype), lam, X, y)
     residual = jnp.linalg.norm(_logistic_gradient(w, lam, X, y))
     return _as_solution(w, k, residual, throw, "logistic_newton")
 
@@ -88,6 +92,7 @@ register(
         solve=_logistic_solve,
         residual=_logistic_residual,
         perturb=_perturb_logistic,
+        messages=_MESSAGES,
         bad_inputs=(
             BadInput(
                 "NaN in the regularisation strength",
@@ -159,6 +164,7 @@ register(
         solve=_equilibrium_solve,
         residual=_equilibrium_residual,
         perturb=_perturb_equilibrium,
+        messages=_MESSAGES,
         bad_inputs=(
             BadInput(
                 "NaN in u",

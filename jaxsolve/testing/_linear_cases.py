@@ -70,7 +70,7 @@ def _dense_bad_inputs(spd: bool):
 
 def _register_dense(name, method, make, spd):
     def solve(a, b, throw=True):
-        if spd:
+        if spd and a.ndim == 2 and a.shape[0] == a.shape[1]:
             # CG takes symmetric matrices only (it refuses others): the case is
             # a function of the symmetric part, so that finite differences in
             # any direction stay in its domain.
