@@ -125,7 +125,7 @@ def tiny_net():
     return jaxsolve.DCDMNet(2, 4, 2, key=jax.random.key(0))
 
 
-@pytest.mark.parametrize("shape", [(2, 2), (13, 17), (16, 16), (5, 32)])
+@pytest.mark.parametrize("shape", [(2, 2), (13, 17)])
 def test_network_any_size(tiny_net, shape):
     r = jax.random.normal(jax.random.key(1), shape)
     q = tiny_net(r)
@@ -136,6 +136,7 @@ def test_network_any_size(tiny_net, shape):
     assert tiny_net.levels(shape) == max(0, int(np.ceil(np.log2(max(shape) / 2))))
 
 
+@pytest.mark.slow
 def test_network_3d_and_dtypes():
     net = jaxsolve.DCDMNet(3, 4, 2, key=jax.random.key(0))
     r = jax.random.normal(jax.random.key(1), (6, 7, 5), jnp.float32)
@@ -285,9 +286,10 @@ def test_solves_like_scipy_and_counts(problem):
     # residual, and the operator checks of the Krylov core (3)
     assert int(sol.stats["matvecs"]) >= steps + steps // 20 + 1
     cg = jaxsolve.cg(a, b, rtol=1e-10)
-    assert steps < int(cg.num_steps), (steps, int(cg.num_steps))
+    assert steps < int(cg.num_steps) / 2, (steps, int(cg.num_steps))
 
 
+@pytest.mark.slow
 def test_float32_and_default_model(problem):
     solid, b = problem
     sol = jaxsolve.dcdm(_op(solid, dtype=jnp.float32), b.astype(jnp.float32), rtol=1e-5)
@@ -316,6 +318,7 @@ def test_jit_no_recompile_and_vmap(problem):
     assert bool(jnp.all(batch.succeeded))
 
 
+@pytest.mark.slow
 def test_initial_guess(problem):
     solid, b = problem
     a = _op(solid)
