@@ -412,25 +412,19 @@ def test_family_operator_matches_scipy_and_solves(name):
         assert eig.min() < 0 < eig.max()
 
 
-def test_gpu_path_orthogonal_iteration_solves_and_recycles(monkeypatch):
-    """The GPU/TPU harmonic Ritz path (orthogonal iteration instead of eig),
-    forced on CPU: still exact solves, a valid recycle space, and recycling."""
-    import jaxsolve.solvers.linear._gcrodr as gcrodr_module
-
-    monkeypatch.setattr(
-        gcrodr_module,
-        "_dominant_subspace",
-        lambda kmat, k, iterations: gcrodr_module._subspace_by_iteration(
-            kmat, k, iterations
-        ),
-    )
+def test_gpu_path_orthogonal_iteration_solves_and_recycles():
+    """The GPU/TPU harmonic Ritz path (orthogonal iteration instead of eig,
+    ``ritz="iterate"``) on CPU: exact solves, a valid recycle space, recycling."""
     a, b = _dense(40, seed=4, shift=0.8)
     a, b = jnp.asarray(a), jnp.asarray(b)
-    first = gcrodr(a, b, m=12, k=4, rtol=1e-10)
+    opts = dict(m=12, k=4, rtol=1e-10, ritz="iterate")
+    first = gcrodr(a, b, **opts)
     np.testing.assert_allclose(first.value, np.linalg.solve(a, b), rtol=1e-8)
     u, c = np.asarray(first.recycle.U), np.asarray(first.recycle.C)
     np.testing.assert_allclose(np.asarray(a) @ u, c, atol=1e-10)
-    second = gcrodr(a, 2 * b + 1, m=12, k=4, rtol=1e-10, recycle=first.recycle)
-    fresh = gcrodr(a, 2 * b + 1, m=12, k=4, rtol=1e-10)
+    second = gcrodr(a, 2 * b + 1, recycle=first.recycle, **opts)
+    fresh = gcrodr(a, 2 * b + 1, **opts)
     np.testing.assert_allclose(second.value, fresh.value, rtol=1e-8)
     assert int(second.stats["matvecs"]) < int(fresh.stats["matvecs"])
+    with pytest.raises(ValueError, match="`ritz`"):
+        gcrodr(a, b, ritz="qr")

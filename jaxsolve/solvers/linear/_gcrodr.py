@@ -90,7 +90,12 @@ def _orthonormal_pair(u_rows: Array, au_rows: Array, eps) -> tuple[Array, Array]
 
 
 def _ritz_subspace(
-    cycle: ArnoldiCycle, start, ud_rows: Array, k: int, iterations: int
+    cycle: ArnoldiCycle,
+    start,
+    ud_rows: Array,
+    k: int,
+    iterations: int,
+    ritz: str = "auto",
 ) -> Array:
     """``P`` (``(m, k)``, orthonormal columns): a basis of the span of the ``k``
     harmonic Ritz coefficient vectors ``z`` of smallest ``|theta|`` in
@@ -113,7 +118,7 @@ def _ritz_subspace(
     # is a slow loop; LU of a triangular matrix pivots nothing (same solve).
     kmat = jnp.linalg.solve(tri, cycle.rot[:m] @ w_v)
     kmat = jnp.where(both, kmat, 0)
-    return _dominant_subspace(kmat, k, iterations)
+    return _dominant_subspace(kmat, k, iterations, ritz)
 
 
 def _subspace_by_eig(kmat: Array, k: int) -> Array:
@@ -138,10 +143,15 @@ def _subspace_by_iteration(kmat: Array, k: int, iterations: int) -> Array:
     return p
 
 
-def _dominant_subspace(kmat: Array, k: int, iterations: int) -> Array:
-    """Exact eigenvectors on CPU; orthogonal iteration on GPU/TPU, where XLA
-    has no non-symmetric eigensolver (an approximation of the same span: any
-    recycle space keeps GCRO-DR correct, a better one makes it faster)."""
+def _dominant_subspace(kmat: Array, k: int, iterations: int, ritz: str) -> Array:
+    """``ritz="eig"``: exact eigenvectors (CPU only); ``"iterate"``: orthogonal
+    iteration (any backend; an approximation of the same span: any recycle space
+    keeps GCRO-DR correct, a better one makes it faster); ``"auto"``: exact on
+    CPU, iteration on GPU/TPU, where XLA has no non-symmetric eigensolver."""
+    if ritz == "eig":
+        return _subspace_by_eig(kmat, k)
+    if ritz == "iterate":
+        return _subspace_by_iteration(kmat, k, iterations)
     return lax.platform_dependent(
         kmat,
         cpu=lambda a: _subspace_by_eig(a, k),
@@ -162,11 +172,11 @@ def _combine(coef: Array, cycle: ArnoldiCycle, start, ud_rows: Array) -> Array:
 
 
 def _harmonic_ritz(
-    cycle: ArnoldiCycle, start, ud_rows: Array, k: int, eps
+    cycle: ArnoldiCycle, start, ud_rows: Array, k: int, eps, ritz: str
 ) -> tuple[Array, Array]:
     """The new recycle space ``(U, C)`` (rows) from one cycle: the span of the
     ``k`` harmonic Ritz vectors of smallest ``|theta|`` over ``range(V_hat)``."""
-    p = _ritz_subspace(cycle, start, ud_rows, k, _RITZ_ITERATIONS)
+    p = _ritz_subspace(cycle, start, ud_rows, k, _RITZ_ITERATIONS, ritz)
     y_rows = _combine(p, cycle, start, ud_rows)  # Y = V_hat P
     gp = cycle.hess @ p  # A Y = W G P
     lsv, s, rsv = jnp.linalg.svd(gp, full_matrices=False)
@@ -177,7 +187,7 @@ def _harmonic_ritz(
     return u_rows, c_rows
 
 
-def _make_loop(m: int, k: int, recycle_rows):
+def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto"):
     """The GCRO-DR(m, k) loop for :func:`krylov_solve`; ``recycle_rows`` is
     ``None`` or ``U`` as rows ``(k, n)``."""
 
@@ -244,7 +254,7 @@ def _make_loop(m: int, k: int, recycle_rows):
             # restarts from it if rounding made the two drift apart.
             r_new = r - (arnoldi.hess @ y) @ arnoldi.basis
             beta_new = norm(r_new)
-            new_u, new_c = _harmonic_ritz(arnoldi, start, ud_rows, k, eps)
+            new_u, new_c = _harmonic_ritz(arnoldi, start, ud_rows, k, eps, ritz)
             took = arnoldi.steps > 0
             u_rows = jnp.where(took, new_u, u_rows)
             c_rows = jnp.where(took, new_c, c_rows)
@@ -290,6 +300,7 @@ def gcrodr(
     x0=None,
     preconditioner=None,
     throw: bool = True,
+    ritz: str = "auto",
 ) -> RecycleSolution:
     r"""Solve ``A x = b`` for a general square ``A`` by GCRO-DR(m, k) (Parks, de
     Sturler, Mackey, Johnson & Maiti, 2006), recycling a Krylov subspace from an
@@ -318,6 +329,11 @@ def gcrodr(
         x0: initial guess (default zeros).
         preconditioner: ``M ~ A^{-1}`` (right preconditioner), matrix or function.
         throw: raise a runtime error if the solve fails (else inspect ``.result``).
+        ritz: how the harmonic Ritz subspace is computed each cycle (static):
+            ``"eig"`` exactly (``jnp.linalg.eig``, CPU only), ``"iterate"`` by
+            orthogonal iteration (any backend, cheaper per cycle, an approximation
+            that recycles less well on hard indefinite problems), ``"auto"``
+            (default) exact on CPU and iteration on GPU/TPU.
 
     Returns:
         :class:`RecycleSolution`: ``.value = x``, ``.num_steps`` (Arnoldi steps),
@@ -333,6 +349,8 @@ def gcrodr(
     ``jax.lax.custom_linear_solve``: the tangent systems reuse the recycle space,
     the transposed systems of reverse mode are solved by GCRO-DR without one.
     """
+    if ritz not in ("auto", "eig", "iterate"):
+        raise ValueError(f"`ritz` must be 'auto', 'eig' or 'iterate', got {ritz!r}")
     m = check_positive_int(m, "m")
     k = check_positive_int(k, "k")
     if k >= m:
@@ -364,7 +382,7 @@ def gcrodr(
         recycle_rows = lax.stop_gradient(u.T)
 
     sol = krylov_solve(
-        _make_loop(m, k, recycle_rows),
+        _make_loop(m, k, recycle_rows, ritz),
         "gcrodr",
         operator,
         b,
@@ -376,7 +394,7 @@ def gcrodr(
         throw=throw,
         symmetric=False,
         # The recycle space belongs to A, not to A^T.
-        transpose_loop=_make_loop(m, k, None),
+        transpose_loop=_make_loop(m, k, None, ritz),
     )
     aux = sol.aux
     recycle_out = RecycleSpace(
