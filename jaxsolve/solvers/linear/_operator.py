@@ -120,6 +120,7 @@ def check_transposable(op: FlatOperator, b_flat: Array, name: str = "operator"):
     transposing ``matvec``: that fails for a non-linear function (``x ** 2``,
     ``abs``, ...) or an opaque one (a host callback). Refused at trace time with
     a ``ValueError`` naming the argument, not JAX's internal error."""
+
     def transposed(v):
         return jax.linear_transpose(op.matvec, v)(v)
 
