@@ -250,7 +250,7 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner, throw):
     # The linear solve sits inside custom_linear_solve: reverse mode transposes
     # the *equation* (dF/dx)^T w = g and calls `solve` on it, rather than
     # transposing the solver (whose checks are not linear maps).
-    symmetric = method == "cg"
+    symmetric = method in ("cg", "dcdm")  # solvers of SPD systems
     u = jax.lax.custom_linear_solve(
         matvec,
         -rhs.astype(x_flat.dtype),
