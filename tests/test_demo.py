@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Whatever a row declares, the tour's errors must be at least this small: every
 # reference is exact up to rounding (or, for finite differences, up to ~1e-9).
 MAX_ERROR = 1e-6
+# ... except rows whose error is the method's own, not rounding: LV-HBA's penalty
+# leaves a bias of about 0.5 / c_k against the toy's known solution (the issue's
+# target is 1e-3).
+INEXACT_BY_DESIGN = {"bilevel.lv_hba, 120k steps"}
 
 
 def _table(stdout: str) -> list[list[str]]:
@@ -64,7 +68,8 @@ def test_tour_runs_every_row_accurately(tour):
         assert (problem, solver) == (spec.problem, spec.solver)
         assert iterations == "-" or int(iterations) >= 1
         assert re.fullmatch(r"\d+(\.\d+)? (us|ms|s)", time), time
-        assert float(error) <= min(spec.tol, MAX_ERROR), cells
+        bound = spec.tol if solver in INEXACT_BY_DESIGN else min(spec.tol, MAX_ERROR)
+        assert float(error) <= bound, cells
         assert reference
     assert "all within tolerance" in tour.stdout
 
@@ -124,9 +129,9 @@ def test_options_select_and_list(capsys):
     assert _demo.main(["--list"]) == 0
     out, _ = capsys.readouterr()
     assert len(out.splitlines()) == len(_demo.ROWS)
-    assert _demo.main(["--list", "-k", "POISSON"]) == 0
+    assert _demo.main(["--list", "-k", "POISSON 2D"]) == 0  # case-insensitive
     out, _ = capsys.readouterr()
-    assert len(out.splitlines()) == 1 and "Poisson" in out
+    assert len(out.splitlines()) == 1 and "Poisson 2D" in out
 
 
 @pytest.mark.parametrize("velocity", [(0.0, 0.0), (20.0, 10.0), (-3.0, 5.0)])
