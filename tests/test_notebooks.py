@@ -1,5 +1,6 @@
 """The notebooks: each ``notebooks/NAME.py`` (jupytext percent format, the source)
-is paired with the committed, executed ``NAME.ipynb`` and executes without error.
+is paired with the committed, executed ``NAME.ipynb`` and executes without error
+(the execution runs with the slow tests).
 
 A drifted pair (a source edited without re-running ``python notebooks/sync.py
 NAME``) fails here. The sources are executed in memory and never written back.
@@ -35,6 +36,10 @@ def test_pair_has_not_drifted(source):
     assert sync.drift(source) is None, sync.drift(source)
 
 
+# Executing the five notebooks takes minutes of compilation, so it runs with the
+# slow tests (python -m pytest -m slow); the default run checks that every
+# committed notebook is the executed form of its current source.
+@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
 def test_notebook_executes(source):
     sync.execute(source)
