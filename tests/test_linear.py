@@ -197,3 +197,12 @@ def test_ridge_and_custom_method():
         lambda r: jnp.sum(jaxsolve.linear_solve(spd, r, method=my_solve).value)
     )(rhs)
     np.testing.assert_allclose(g, np.linalg.solve(spd.T, np.ones(2)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["gcrodr"])
+def test_linear_solve_knows_the_recycling_method(method):
+    rng = np.random.default_rng(5)
+    A = jnp.asarray(rng.normal(size=(30, 30)) / 6 + 2 * np.eye(30))
+    b = jnp.asarray(rng.normal(size=30))
+    sol = jaxsolve.linear_solve(A, b, method=method, rtol=1e-10)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(A, b), rtol=1e-7, atol=1e-9)

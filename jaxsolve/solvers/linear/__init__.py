@@ -1,4 +1,5 @@
-"""Linear solvers: Krylov methods (CG, restarted GMRES, BiCGStab) and dense LU.
+"""Linear solvers: Krylov methods (CG, restarted GMRES, BiCGStab, GCRO-DR with
+recycling, deflated CG), the learned DCDM solver, and dense LU.
 
 Every solver takes ``operator`` as a square matrix or a matrix-free function
 ``x -> A x``, returns a :class:`jaxsolve.Solution`, runs under ``jit``/``vmap`` and is
@@ -23,5 +24,6 @@ from ._gmres import gmres as gmres
 from ._solve import LINEAR_METHODS as LINEAR_METHODS
 from ._solve import linear_solve as linear_solve
 
-# linear_solve(..., method="dcdm"): the learned solver, for grid-shaped systems
-LINEAR_METHODS["dcdm"] = dcdm
+# linear_solve(..., method=...) for the methods defined after _solve.py:
+LINEAR_METHODS["dcdm"] = dcdm  # the learned solver, for grid-shaped systems
+LINEAR_METHODS["gcrodr"] = gcrodr  # GCRO-DR, starting with no recycle space
