@@ -43,7 +43,7 @@ from ..._checks import all_finite, as_float_array, check_positive_int
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._arnoldi import ArnoldiCycle, arnoldi_cycle, least_squares_solution
-from ._krylov import krylov_solve, norm, start_result
+from ._krylov import krylov_solve, norm, stall_result, start_result
 
 __all__ = ["gcrodr", "RecycleSpace", "RecycleSolution"]
 
@@ -259,13 +259,7 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto"):
             u_rows = jnp.where(took, new_u, u_rows)
             c_rows = jnp.where(took, new_c, c_rows)
             stalled = ~(beta_new < beta_old)
-            result = RESULTS.where(
-                stalled & (beta_new > tol),
-                RESULTS.where(
-                    jnp.isfinite(beta_new), RESULTS.stagnation, RESULTS.nonfinite_value
-                ),
-                result,
-            )
+            result = stall_result(result, stalled & (beta_new > tol), beta_new)
             steps = arnoldi.steps
             return (
                 x_new,

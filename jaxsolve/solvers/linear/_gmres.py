@@ -8,7 +8,7 @@ from ..._checks import check_positive_int
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._arnoldi import arnoldi_cycle, least_squares_solution
-from ._krylov import krylov_solve, norm, start_result
+from ._krylov import krylov_solve, norm, stall_result, start_result
 
 __all__ = ["gmres"]
 
@@ -45,13 +45,7 @@ def _make_gmres_loop(restart):
             beta_new = norm(r_new)
             # A cycle that makes no progress at all will never make any: stop.
             stalled = ~(beta_new < beta)
-            result = RESULTS.where(
-                stalled & (beta_new > tol),
-                RESULTS.where(
-                    jnp.isfinite(beta_new), RESULTS.stagnation, RESULTS.nonfinite_value
-                ),
-                result,
-            )
+            result = stall_result(result, stalled & (beta_new > tol), beta_new)
             steps = arnoldi.steps
             return x_new, r_new, beta_new, total + steps, matvecs + steps + 1, result
 

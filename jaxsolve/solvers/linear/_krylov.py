@@ -47,6 +47,7 @@ __all__ = [
     "checked_outside",
     "krylov_solve",
     "operator_checks",
+    "stall_result",
     "start_result",
     "finish_result",
     "norm",
@@ -69,6 +70,15 @@ def start_result(input_code: RESULTS, r0: Array) -> RESULTS:
         RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_input),
         input_code,
     )
+
+
+def stall_result(result: RESULTS, stalled: Array, residual: Array) -> RESULTS:
+    """``result``, or the code of a restart cycle that made no progress above the
+    tolerance: ``stagnation`` (``nonfinite_value`` if the residual overflowed)."""
+    code = RESULTS.where(
+        jnp.isfinite(residual), RESULTS.stagnation, RESULTS.nonfinite_value
+    )
+    return RESULTS.where(stalled, code, result)
 
 
 def finish_result(
