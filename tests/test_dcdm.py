@@ -216,6 +216,7 @@ def test_lanczos_ritz_values():
     np.testing.assert_allclose(jnp.linalg.norm(b, axis=1), 1, rtol=1e-6)
 
 
+@pytest.mark.slow  # trains for a few steps in a subprocess (~16 s)
 def test_training_cli_and_resume(tmp_path):
     # the command line, in a tiny configuration
     out = tmp_path / "cli.eqx"

@@ -55,6 +55,8 @@ def tour() -> subprocess.CompletedProcess:
     )
 
 
+# The whole tour compiles every family (about a minute on 2 cores): a slow test.
+@pytest.mark.slow
 def test_tour_runs_every_row_accurately(tour):
     assert tour.returncode == 0, tour.stdout + tour.stderr
     header = tour.stdout.splitlines()[0]

@@ -17,13 +17,13 @@ def gpu_check():
 
 
 def test_gpu_check_passes_on_cpu(gpu_check, capsys):
-    status = gpu_check.main(
-        ["-k", "dense"]
-    )  # a subset: the full run is slow on 2 cores
+    # One case (both dtypes) in the default run: the script's plumbing. The test
+    # matrix runs every case on the CPU already; the full script is a slow test.
+    status = gpu_check.main(["-k", "dense_solve"])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "FAIL" not in out
-    assert out.count("PASS") >= 8
+    assert out.count("PASS") == 2
 
 
 @pytest.mark.slow

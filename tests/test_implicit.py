@@ -47,16 +47,19 @@ def test_every_transform_matches_the_closed_form(solve):
     f = lambda lam: jnp.sum(jnp.sin(ridge(W0, lam, X, Y)))  # noqa: E731
     g = lambda lam: jnp.sum(jnp.sin(ridge_closed_form(lam, X, Y)))  # noqa: E731
     lam = 0.7
-    np.testing.assert_allclose(jax.grad(f)(lam), jax.grad(g)(lam), rtol=1e-8)
-    np.testing.assert_allclose(
-        jax.jvp(f, (lam,), (1.0,))[1], jax.jvp(g, (lam,), (1.0,))[1], rtol=1e-8
-    )
+    # Jitted transforms: one compilation each instead of many small eager ones
+    # (eager use is covered by the other tests).
+    jit = jax.jit
+    np.testing.assert_allclose(jit(jax.grad(f))(lam), jax.grad(g)(lam), rtol=1e-8)
+    tangent = jit(lambda t: jax.jvp(f, (t,), (1.0,))[1])(lam)
+    np.testing.assert_allclose(tangent, jax.jvp(g, (lam,), (1.0,))[1], rtol=1e-8)
     if solve == "cg":  # second order and full Jacobians: one method suffices
-        np.testing.assert_allclose(jax.hessian(f)(lam), jax.hessian(g)(lam), rtol=1e-6)
+        hess = jit(jax.hessian(f))(lam)
+        np.testing.assert_allclose(hess, jax.hessian(g)(lam), rtol=1e-6)
         jx = lambda X: ridge(W0, lam, X, Y)  # noqa: E731
         ref = jax.jacfwd(lambda X: ridge_closed_form(lam, X, Y))(X)
-        np.testing.assert_allclose(jax.jacfwd(jx)(X), ref, rtol=1e-7, atol=1e-12)
-        np.testing.assert_allclose(jax.jacrev(jx)(X), ref, rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(jit(jax.jacfwd(jx))(X), ref, rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(jit(jax.jacrev(jx))(X), ref, rtol=1e-7, atol=1e-12)
 
 
 def test_finite_differences_and_no_unrolling():

@@ -231,7 +231,7 @@ def test_recycling_lowers_matvecs_along_a_slowly_varying_sequence():
 def test_gcrodr_recycle_under_jit_without_retrace_and_float32(convection):
     """A recycle space passed into a jitted solve: no retrace, fewer products for
     a related right-hand side. (jit/vmap/jvp/vjp/float32 of the solve itself run
-    in the shared test matrix: cases gcrodr/dense and gcrodr/recycled-stencil.)"""
+    in the shared test matrix: case gcrodr/dense, a recycled solve.)"""
     matvec, b = convection
     traces = [0]
 
