@@ -20,7 +20,6 @@ from jaxsolve import RESULTS, custom_fixed_point, custom_root
 from jaxsolve.solvers.ot import grid_cost
 
 ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError, ValueError)
-pytestmark = pytest.mark.xdist_group("reliability")
 
 
 def _raises(fn, *args, match):
