@@ -160,31 +160,42 @@ def _dominant_subspace(kmat: Array, k: int, iterations: int, ritz: str) -> Array
 
 
 def _combine(coef: Array, cycle: ArnoldiCycle, start, ud_rows: Array) -> Array:
-    """``coef^T V_hat`` (rows), ``coef`` ``(m, ...)``, without forming ``V_hat``:
+    """``coef^T V_hat`` (rows), ``coef`` ``(m, c)``, without forming ``V_hat``:
     its rows are ``U D`` below ``start``, the Krylov rows ``W[j]`` up to the
-    used columns, zero beyond."""
+    used columns, zero beyond. (The Krylov part multiplies the whole ``(m + 1)``-row
+    basis with a zero last coefficient: a slice ``W[:m]`` would be a copy.)"""
     m = cycle.hess.shape[1]
     k = ud_rows.shape[0]
-    rows = jnp.arange(m).reshape((m,) + (1,) * (coef.ndim - 1))
+    rows = jnp.arange(m)[:, None]
     krylov = (rows >= start) & (rows < start + cycle.steps)
     recycled = jnp.where(rows[:k] < start, coef[:k], 0)
-    return recycled.T @ ud_rows + jnp.where(krylov, coef, 0).T @ cycle.basis[:m]
+    krylov_coef = jnp.concatenate(
+        [jnp.where(krylov, coef, 0), jnp.zeros((1, coef.shape[1]), coef.dtype)]
+    )
+    return recycled.T @ ud_rows + krylov_coef.T @ cycle.basis
 
 
-def _harmonic_ritz(
+def _update(
     cycle: ArnoldiCycle, start, ud_rows: Array, k: int, eps, ritz: str
-) -> tuple[Array, Array]:
-    """The new recycle space ``(U, C)`` (rows) from one cycle: the span of the
-    ``k`` harmonic Ritz vectors of smallest ``|theta|`` over ``range(V_hat)``."""
+) -> tuple[Array, Array, Array, Array]:
+    """The end of a cycle: the correction ``V_hat y`` to ``x``, the change
+    ``W G y`` of the residual, and the new recycle space ``(U, C)`` (rows): the
+    span of the ``k`` harmonic Ritz vectors of smallest ``|theta|`` over
+    ``range(V_hat)``. The products with the ``n``-long bases are batched (``y``
+    rides along with ``P``, ``G y`` with ``L``): one pass over ``V_hat`` and one
+    over ``W`` instead of two each."""
+    y = least_squares_solution(cycle, start)
     p = _ritz_subspace(cycle, start, ud_rows, k, _RITZ_ITERATIONS, ritz)
-    y_rows = _combine(p, cycle, start, ud_rows)  # Y = V_hat P
+    along_v = _combine(jnp.concatenate([y[:, None], p], 1), cycle, start, ud_rows)
+    dx, y_rows = along_v[0], along_v[1:]  # V_hat y, Y = V_hat P
     gp = cycle.hess @ p  # A Y = W G P
     lsv, s, rsv = jnp.linalg.svd(gp, full_matrices=False)
     keep = s > eps * s[0]
     inv = jnp.where(keep, 1 / jnp.where(keep, s, 1), 0)
-    c_rows = (lsv.T @ cycle.basis) * keep[:, None]  # C = W L
+    along_w = jnp.concatenate([(cycle.hess @ y)[None], lsv.T]) @ cycle.basis
+    dr, c_rows = along_w[0], along_w[1:] * keep[:, None]  # W G y, C = W L
     u_rows = (inv[:, None] * rsv) @ y_rows  # U = Y Rt^T S^-1, so A U = C
-    return u_rows, c_rows
+    return dx, dr, u_rows, c_rows
 
 
 def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto"):
@@ -247,14 +258,13 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto"):
             arnoldi = arnoldi_cycle(
                 amv, basis, hess, start, beta, tol, max_steps - total
             )
-            y = least_squares_solution(arnoldi, start)
-            x_new = x + precond(_combine(y, arnoldi, start, ud_rows))
+            dx, dr, new_u, new_c = _update(arnoldi, start, ud_rows, k, eps, ritz)
+            x_new = x + precond(dx)
             # The residual by recurrence, r - W^T G y (as Parks et al.): no product
             # with A. krylov_solve checks the true residual at the end and
             # restarts from it if rounding made the two drift apart.
-            r_new = r - (arnoldi.hess @ y) @ arnoldi.basis
+            r_new = r - dr
             beta_new = norm(r_new)
-            new_u, new_c = _harmonic_ritz(arnoldi, start, ud_rows, k, eps, ritz)
             took = arnoldi.steps > 0
             u_rows = jnp.where(took, new_u, u_rows)
             c_rows = jnp.where(took, new_c, c_rows)
