@@ -183,12 +183,17 @@ def test_vjp_matches_finite_differences(name):
         )
 
 
+def _batch_and_vmap_grad(c: _Compiled):
+    """Two perturbed problems of a case, and ``vmap(grad)`` over them."""
+    inputs = c.case.make_inputs(jnp.float64)
+    batch = [c.case.perturb(inputs, s) for s in (0.0, 0.5)]
+    return batch, c.vmap_grad(*_stack(batch))
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_vmap_of_grad_matches_single_gradients(name):
     c = _compiled(name)
-    inputs = c.case.make_inputs(jnp.float64)
-    batch = [c.case.perturb(inputs, s) for s in (0.0, 0.5)]
-    per_item = c.vmap_grad(*_stack(batch))
+    batch, per_item = _batch_and_vmap_grad(c)
     for k, item in enumerate(batch):
         single = c.grad(*item)
         for a, b in zip(tree_leaves(single), tree_leaves(per_item), strict=True):
@@ -201,9 +206,7 @@ def test_vmap_of_grad_matches_single_gradients(name):
 @pytest.mark.parametrize("name", CASES)
 def test_grad_of_vmap_matches_vmap_of_grad(name):
     c = _compiled(name)
-    inputs = c.case.make_inputs(jnp.float64)
-    batch = [c.case.perturb(inputs, s) for s in (0.0, 0.5)]
-    per_item = c.vmap_grad(*_stack(batch))
+    batch, per_item = _batch_and_vmap_grad(c)
     of_sum = c.grad_of_vmap(*_stack(batch))
     for a, b in zip(tree_leaves(per_item), tree_leaves(of_sum), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
