@@ -54,9 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard-size",
         type=int,
-        default=100,
+        default=None,
         help="at most this many systems per shard; a shard is one group, solved "
-        "with its own recycle space on one device (100)",
+        "with its own recycle space on one device (default: 100, or --systems "
+        "if fewer)",
     )
     p.add_argument("--rtol", type=float, default=1e-8, help="||b-Ax|| <= rtol ||b||")
     p.add_argument("--m", type=int, default=40, help="Krylov subspace per cycle (40)")
@@ -123,7 +124,9 @@ def main(argv=None) -> dict:
             seed=args.seed,
             method=args.method,
             order=args.order,
-            shard_size=args.shard_size,
+            shard_size=(
+                min(100, args.systems) if args.shard_size is None else args.shard_size
+            ),
             rtol=args.rtol,
             m=args.m,
             k=args.k,

@@ -141,6 +141,24 @@ def _plan_hash(plan: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+# Compiled group solvers of this session, so that a second run with the same
+# shapes (a resume, another seed) does not compile again. A family's operator
+# and right-hand side depend only on its name and grid (its other arguments keep
+# their defaults here), so these with the solver options and shapes are the key.
+_SOLVERS: dict[tuple, GroupSolver] = {}
+
+
+def _group_solver(opts: RunOptions, family, size: int, devices) -> GroupSolver:
+    options = opts.solver_options()
+    key = (opts.family, opts.grid, opts.method, tuple(sorted(options.items())))
+    key += (size, tuple(devices))
+    if key not in _SOLVERS:
+        _SOLVERS[key] = GroupSolver(
+            family.make_operator, family.b, size, devices, opts.method, options
+        )
+    return _SOLVERS[key]
+
+
 def _check_folder(folder: str, opts: RunOptions) -> dict[str, dict]:
     """The folder's manifests, after refusing a folder that holds anything but
     an unfinished or finished run of these very options."""
@@ -264,14 +282,7 @@ def generate(
 
     devices = list(devices) if devices is not None else jax.local_devices()
     size = max(len(g) for g in plan)
-    solver = GroupSolver(
-        family.make_operator,
-        family.b,
-        size,
-        devices,
-        opts.method,
-        opts.solver_options(),
-    )
+    solver = _group_solver(opts, family, size, devices)
     if todo:
         solver.compile(opts.grid, params.dtype)
     setup_seconds = time.perf_counter() - t_setup
