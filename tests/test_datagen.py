@@ -240,13 +240,28 @@ def test_four_devices_give_the_one_device_data(tmp_path, reference, env):
     _assert_same_data(datagen.load(str(tmp_path / "four")), datagen.load(reference[0]))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_two_processes_split_the_shards_and_load_merges_them(tmp_path, reference, env):
+@pytest.mark.parametrize("joined", [False, True], ids=["independent", "distributed"])
+def test_two_processes_split_the_shards_and_load_merges_them(
+    tmp_path, reference, env, joined
+):
+    # independent: two plain processes; distributed: joined through
+    # jax.distributed.initialize (a coordinator on localhost).
     folder = tmp_path / "two"
+    extra = ["--coordinator", f"localhost:{_free_port()}"] if joined else []
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "jaxsolve.datagen", *ARGS, "--out", str(folder)]
-            + ["--no-progress", "--num-processes", "2", "--process-id", str(i)],
+            + ["--no-progress", "--num-processes", "2", "--process-id", str(i)]
+            + extra,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
