@@ -12,7 +12,8 @@ Sections (``--sections kernel darcy helmholtz``):
   n = 6400, two-valued coefficient 12/3), rtol 1e-8, without and with a Jacobi
   preconditioner. Columns: jaxsolve GMRES(40) system by system; jaxsolve
   GCRO-DR(40, 20) through ``solve_family``, in the given order and sorted (and
-  sorted with ``ritz="iterate"``, the orthogonal-iteration Ritz step); scipy
+  sorted with ``ritz_every=2``, the harmonic Ritz step every other cycle, and
+  with ``ritz="iterate"``, the orthogonal-iteration Ritz step); scipy
   ``gmres(restart=40)`` system by system; scipy ``gcrotmk(m=40, k=20)`` reusing
   its ``CU`` list across the systems in the sorted order (SKR's CPU reference).
 * ``helmholtz``: 20 Helmholtz systems (100x100 grid, variable wavenumber,
@@ -170,6 +171,7 @@ def family_table(
         f"jaxsolve gcrodr({m},{k}) sorted", "gcrodr", "sorted", m=m, k=k
     )
     order = np.asarray(sorted_sol.stats["order"])
+    jax_column("  same, ritz_every=2", "gcrodr", "sorted", m=m, k=k, ritz_every=2)
     if iterate_column:
         jax_column(
             "  same, ritz='iterate'", "gcrodr", "sorted", m=m, k=k, ritz="iterate"

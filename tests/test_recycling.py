@@ -195,6 +195,44 @@ def test_gcrodr_converges_where_gmres_stagnates():
     assert int(s.num_steps) < 2500
 
 
+def test_ritz_every_keeps_gcro_exact_and_hands_on_a_fresh_space():
+    """With the harmonic Ritz step every third cycle only, the stagnating
+    indefinite example still converges (the cycles in between are exact GCRO
+    with the kept U), and the recycle space handed on satisfies A U = C with
+    orthonormal C and recycles into a nearby system."""
+    lap, _ = poisson_2d(16)
+    make = lambda s: lambda u: lap(u) - s * u  # noqa: E731
+    b = jnp.asarray(np.random.default_rng(0).normal(size=(16, 16)))
+
+    @jax.jit
+    def solve(shift, recycle):
+        return gcrodr(
+            make(shift),
+            b,
+            m=12,
+            k=6,
+            rtol=1e-8,
+            max_steps=4000,
+            recycle=recycle,
+            ritz_every=3,
+            throw=False,
+        )
+
+    zeros = RecycleSpace(U=jnp.zeros((b.size, 6)), C=jnp.zeros((b.size, 6)))
+    first = solve(300.0, zeros)
+    assert bool(first.succeeded)
+    resid = jnp.linalg.norm(b - make(300.0)(first.value))
+    assert float(resid) <= 1e-8 * float(jnp.linalg.norm(b)) * 1.01
+    u, c = first.recycle.U, first.recycle.C
+    au = jax.vmap(lambda v: make(300.0)(v.reshape(16, 16)).reshape(-1), 1, 1)(u)
+    np.testing.assert_allclose(au, c, atol=1e-8 * float(jnp.max(jnp.abs(au))))
+    np.testing.assert_allclose(c.T @ c, np.eye(6), atol=1e-10)
+    again = solve(301.0, first.recycle)
+    fresh = solve(301.0, zeros)
+    assert bool(again.succeeded) and bool(fresh.succeeded)
+    assert int(again.stats["matvecs"]) < int(fresh.stats["matvecs"])
+
+
 def test_recycling_lowers_matvecs_along_a_slowly_varying_sequence():
     """An indefinite shifted Laplacian whose shift grows slowly (a Helmholtz-like
     sequence): each system recycles the previous one's space and needs fewer
@@ -280,6 +318,8 @@ def test_gcrodr_bad_inputs(convection):
         gcrodr(matvec, b, m=10, k=0)
     with pytest.raises(ValueError, match="`m`"):
         gcrodr(matvec, b, m=0, k=1)
+    with pytest.raises(ValueError, match="`ritz_every`"):
+        gcrodr(matvec, b, m=10, k=4, ritz_every=0)
     wrong = RecycleSpace(U=jnp.zeros((b.size, 5)), C=jnp.zeros((b.size, 5)))
     with pytest.raises(ValueError, match="`recycle` must hold U and C of shape"):
         gcrodr(matvec, b, m=16, k=6, recycle=wrong)
