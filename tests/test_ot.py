@@ -514,3 +514,49 @@ def test_grid_cost_transports_an_image():
     sol = solve(C, a, b)
     assert bool(sol.succeeded), sol.message
     np.testing.assert_allclose(jnp.sum(C * sol.plan), (1 / 6) ** 2, rtol=1e-3)
+
+
+def _long_row_cases():
+    """Few points against many (n < m), epsilon 1e-2 to 0.15 of the median cost:
+    the family where SNS with rows as the long side stopped at max_steps (issue
+    12), one seeded case of each cost and marginal kind, at one shape (5, 300)."""
+    rng = np.random.default_rng(12)
+    n, m = 5, 300
+    line = (np.linspace(0, 1, n)[:, None] - rng.uniform(size=(1, m))) ** 2
+    grid = np.abs(rng.integers(0, 20, (n, 1, 2)) - rng.integers(0, 20, (1, m, 2))).sum(
+        -1
+    )
+    uniform_a, uniform_b = np.full(n, 1 / n), np.full(m, 1 / m)
+    return [
+        (line, uniform_a, uniform_b, 1.2e-2),  # the issue's example
+        (line, rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m)), 3e-2),
+        (rng.uniform(size=(n, m)), uniform_a, uniform_b, 2e-2),
+        (grid.astype(float), uniform_a, rng.dirichlet(np.ones(m)), 0.1),
+    ]
+
+
+def test_sns_converges_with_few_long_rows():
+    ot = pytest.importorskip("ot")
+    solve = jax.jit(
+        lambda C, a, b, eps: sinkhorn_newton_sparse(
+            C, a, b, epsilon=eps, tol=1e-9, throw=False
+        )
+    )
+    for C, a, b, rel_eps in _long_row_cases():
+        eps = rel_eps * float(np.median(C))
+        sol = solve(jnp.asarray(C), jnp.asarray(a), jnp.asarray(b), eps)
+        assert bool(sol.succeeded), (rel_eps, sol.result, sol.stats)
+        assert int(sol.stats["newton_steps"]) <= 30
+        assert float(marginal_error(sol.plan, a, b)) <= 2e-9
+        reference = ot.sinkhorn(
+            a, b, C, eps, method="sinkhorn_log", stopThr=1e-12, numItermax=100_000
+        )
+        np.testing.assert_allclose(sol.plan, reference, atol=1e-9)
+    # The orientation is internal: the transposed problem gives the transposed
+    # plan and swapped potentials.
+    C, a, b, rel_eps = _long_row_cases()[0]
+    eps = rel_eps * float(np.median(C))
+    one = solve(jnp.asarray(C), jnp.asarray(a), jnp.asarray(b), eps)
+    other = solve(jnp.asarray(C.T), jnp.asarray(b), jnp.asarray(a), eps)
+    np.testing.assert_allclose(one.plan, other.plan.T, atol=1e-12)
+    np.testing.assert_allclose(one.cost, other.cost, rtol=1e-12)

@@ -67,7 +67,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
     n, m = p.C.shape
     dtype = p.C.dtype
     mass = jnp.sum(p.a)
-    va, vb = (p.a > 0).astype(dtype), (p.b > 0).astype(dtype)  # the supports
+    vb = (p.b > 0).astype(dtype)  # the columns' support
     unit = mass / max(n, m)  # the size of a typical row or column sum of P
     eps_dtype = float(jnp.finfo(dtype).eps)
 
@@ -93,14 +93,14 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         so that ``z^T M z = sum_S S_ij (x_i + y_j)^2 + sum_dropped P_ij (x_i^2 +
         y_j^2) >= 0``: positive semi-definite, as CG needs.
 
-        CG runs on the Schur complement of the larger block: for ``n >= m``,
-        ``T y = grad_y - S^T D1^{-1} grad_x`` with ``T = D2 - S^T D1^{-1} S``,
-        then ``x = D1^{-1} (grad_x - S y)``. One product with ``T`` costs one
-        product with ``S`` and one with ``S^T``, as a product with ``M`` does, but
-        the Jacobi-scaled ``T`` has the eigenvalues ``1 - s_i^2`` where the scaled
-        ``M`` has ``1 +- s_i`` (``s_i`` the singular values of ``D1^{-1/2} S
-        D2^{-1/2}``): CG needs about half the steps, on a system of ``min(n, m)``
-        unknowns.
+        CG runs on the Schur complement of the larger block (``n >= m``, as
+        :func:`_sns_inner` orients the problem): ``T y = grad_y - S^T D1^{-1}
+        grad_x`` with ``T = D2 - S^T D1^{-1} S``, then ``x = D1^{-1} (grad_x - S
+        y)``. One product with ``T`` costs one product with ``S`` and one with
+        ``S^T``, as a product with ``M`` does, but the Jacobi-scaled ``T`` has the
+        eigenvalues ``1 - s_i^2`` where the scaled ``M`` has ``1 +- s_i`` (``s_i``
+        the singular values of ``D1^{-1/2} S D2^{-1/2}``): CG needs about half the
+        steps, on a system of ``min(n, m)`` unknowns.
 
         The null direction: ``D`` is flat along ``(1, -1)``, which ``T`` sees as
         ``v = 1`` (on the support): ``T v = 0`` when nothing is dropped. The
@@ -125,14 +125,11 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
                 (s * x[:, None]).reshape(-1), idx.reshape(-1), num_segments=m
             )
 
-        if n >= m:  # eliminate x, solve for y
-            dp, dq, gp, gq, a_mul, at_mul, vq = d1, d2, gx, gy, s_mul, st_mul, vb
-            t_diag = d2 - jax.ops.segment_sum(
-                (s * s / d1[:, None]).reshape(-1), idx.reshape(-1), num_segments=m
-            )
-        else:  # eliminate y, solve for x
-            dp, dq, gp, gq, a_mul, at_mul, vq = d2, d1, gy, gx, st_mul, s_mul, va
-            t_diag = d1 - jnp.sum(s * s / d2[idx], axis=1)
+        # Eliminate x, solve for y (n >= m: _sns_inner orients the problem).
+        dp, dq, gp, gq, a_mul, at_mul, vq = d1, d2, gx, gy, s_mul, st_mul, vb
+        t_diag = d2 - jax.ops.segment_sum(
+            (s * s / d1[:, None]).reshape(-1), idx.reshape(-1), num_segments=m
+        )
         # Rounding can leave a tiny or negative diagonal where one entry carries
         # a whole row; the Jacobi scaling uses a floor there.
         t_diag = jnp.maximum(t_diag, eps_dtype * dq)
@@ -160,7 +157,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         )
         q = sol.value
         pvec = (gp - a_mul(q)) / dp
-        z = jnp.concatenate([pvec, q]) if n >= m else jnp.concatenate([q, pvec])
+        z = jnp.concatenate([pvec, q])
         # A CG iterate stopped early is still an ascent direction in practice;
         # a non-finite one or one that is not (a breakdown) is replaced by the
         # Jacobi-scaled gradient.
@@ -235,10 +232,23 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
 
 def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
     def inner(p: Problem, f, g):
+        # Orientation: the Newton stage keeps the k largest entries of each
+        # *row*, so rows must be the short side (n >= m). With n < m a row of
+        # m entries spreads its mass over more than k of them, the sparsified
+        # Hessian drops most of it and Newton slows to a linear rate (issue 12:
+        # 5 x 300 points on a line stopped at 4e-2 after 100 steps; transposed it
+        # converges in 12). The dual is symmetric in (f, a) and (g, b), so the
+        # transposed problem is solved and its potentials swapped back.
+        transpose = p.C.shape[0] < p.C.shape[1]
+        if transpose:
+            p = p._replace(C=p.C.T, a=p.b, b=p.a)
+            f, g = g, f
         f, g, _, n_sinkhorn = sinkhorn_stage(p, f, g, warmup_steps)
         f, g, err, stalled, n_newton, cg_steps, ls_steps = _newton_stage(
             p, f, g, k, max_newton_steps, cg_rtol, cg_max_steps
         )
+        if transpose:
+            f, g = g, f
         stats = {
             "sinkhorn_steps": n_sinkhorn,
             "newton_steps": n_newton,
@@ -319,7 +329,10 @@ def sinkhorn_newton_sparse(
         warmup_steps: Sinkhorn steps before Newton (static; the paper's 20).
         max_newton_steps: cap on Newton steps (static).
         k: entries kept per row of the Hessian's ``P`` block (static; clamped to
-            ``m``; ``k = m`` is the exact Newton method). A CG step costs
+            ``min(n, m)``; ``k = min(n, m)`` is the exact Newton method). Rows
+            are the short side: for ``n < m`` the transposed problem is solved
+            (the potentials are swapped back), so ``k`` counts entries among
+            ``min(n, m)``. A CG step costs
             ``O(n k)``, small next to the ``O(n m)`` of forming ``P``; too small
             a ``k`` for a diffuse plan (large ``epsilon`` against the spacing of
             the costs) drops mass from the Hessian and slows Newton down to a
@@ -355,7 +368,7 @@ def sinkhorn_newton_sparse(
     k = check_static_int(k, "k", minimum=1)
     m = jnp.shape(C)[1] if jnp.ndim(C) == 2 else 1
     n = jnp.shape(C)[0] if jnp.ndim(C) == 2 else 1
-    k = min(k, m)
+    k = min(k, m, n)  # rows are the short side (see _sns_inner)
     if cg_max_steps is None:
         cg_max_steps = n + m
     cg_max_steps = check_static_int(cg_max_steps, "cg_max_steps", minimum=1)
