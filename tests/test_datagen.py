@@ -145,6 +145,7 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
         (["darcy", "--systems", "4", "--grid", "8", "--shard-size", "9"], "exceeds"),
         (["darcy", "--systems", "4", "--grid", "8", "--k", "40"], "--k < --m"),
         (["darcy", "--systems", "0", "--grid", "8"], "--systems must be >= 1"),
+        (["darcy", "--systems", "4", "--grid", "8", "--ritz-every", "0"], "ritz"),
     ]
     for args, message in bad:
         with pytest.raises(SystemExit) as exit_info:

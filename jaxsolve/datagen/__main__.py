@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-8, help="||b-Ax|| <= rtol ||b||")
     p.add_argument("--m", type=int, default=40, help="Krylov subspace per cycle (40)")
     p.add_argument("--k", type=int, default=20, help="GCRO-DR recycle space (20)")
+    p.add_argument(
+        "--ritz-every",
+        type=int,
+        default=1,
+        help="GCRO-DR: refresh the recycle space every N cycles and on the last "
+        "(1, Parks et al.; 2 trades a few more products for cheaper cycles)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="per system")
     p.add_argument(
         "--devices",
@@ -130,6 +137,7 @@ def main(argv=None) -> dict:
             rtol=args.rtol,
             m=args.m,
             k=args.k,
+            ritz_every=args.ritz_every,
             max_steps=args.max_steps,
         )
         return generate(

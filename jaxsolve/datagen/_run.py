@@ -63,6 +63,7 @@ class RunOptions:
     rtol: float = 1e-8
     m: int = 40
     k: int = 20
+    ritz_every: int = 1
     max_steps: int | None = None
 
     def check(self) -> None:
@@ -93,6 +94,8 @@ class RunOptions:
             raise DatagenError(f"--rtol must lie in (0, 1), got {self.rtol}")
         if not 1 <= self.k < self.m:
             raise DatagenError(f"need 1 <= --k < --m, got k={self.k}, m={self.m}")
+        if self.ritz_every < 1:
+            raise DatagenError(f"--ritz-every must be >= 1, got {self.ritz_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise DatagenError(f"--max-steps must be >= 1, got {self.max_steps}")
 
@@ -103,7 +106,7 @@ class RunOptions:
     def solver_options(self) -> dict:
         out = {"rtol": self.rtol, "max_steps": self.max_steps}
         if self.method == "gcrodr":
-            out.update(m=self.m, k=self.k)
+            out.update(m=self.m, k=self.k, ritz_every=self.ritz_every)
         elif self.method == "gmres":
             out["restart"] = self.m
         return out
