@@ -34,12 +34,18 @@ The linear solves of the implicit methods use the same tolerance ``--tol`` (defa
 Columns of the table:
 
 * ``grad ms``: one call of the jitted ``jax.grad(h)`` (inner solve + backward pass).
-  Every function is compiled ahead of time (``jit(...).lower(...).compile()``), so
-  compilation is excluded; each call is waited for with ``block_until_ready`` and
-  timed with ``time.perf_counter``. A first call is a warm-up; calls much shorter
-  than 20 ms are timed in batches (the mean of the batch is one sample). The value
-  is the median of ``--repeats`` samples, taken round-robin over the methods (one
-  sample of each per round) so that background load hits them alike.
+  Each function is called through ``jax.jit`` after a warm-up call, so compilation
+  is excluded and the call takes JAX's C++ dispatch path, as in a user's training
+  loop; each call is waited for with ``block_until_ready`` and timed with
+  ``time.perf_counter``. (With ``--aot`` the ahead-of-time ``Compiled`` objects,
+  ``jit(...).lower(...).compile()``, are called instead: JAX refuses its C++
+  dispatch to a ``Compiled`` whose program contains a host callback, and every
+  ``throw=True`` error check (``equinox.error_if``) holds one, so each such call
+  then pays about 0.1 ms of Python dispatch that a ``jax.jit`` call does not.)
+  A first call is a warm-up; calls much shorter than 20 ms are timed in batches
+  (the mean of the batch is one sample). The value is the median of ``--repeats``
+  samples, taken round-robin over the methods (one sample of each per round) so
+  that background load hits them alike.
 * ``bwd ms``: the backward pass alone: ``jax.vjp(h)`` is run once (jitted), and the
   jitted call of the returned ``vjp`` function on the cotangent 1.0 is timed the
   same way (``--bwd-repeats`` samples). For the implicit methods this is the adjoint
@@ -218,7 +224,8 @@ class Compiled:
     compile_s: float
 
 
-def compile_method(h: Callable, lam, data: tuple) -> Compiled:
+def compile_method(h: Callable, lam, data: tuple, aot: bool = False) -> Compiled:
+    """``aot``: time the ``Compiled`` objects rather than ``jax.jit`` calls."""
     start = time.perf_counter()
     grad = jax.jit(jax.grad(h)).lower(lam, *data).compile()
     compile_s = time.perf_counter() - start
@@ -238,8 +245,14 @@ def compile_method(h: Callable, lam, data: tuple) -> Compiled:
 
     _, vjp_fn = jax.jit(forward)(lam, *data)
     cotangent = jnp.ones_like(lam)
-    bwd_compiled = jax.jit(lambda f, ct: f(ct)).lower(vjp_fn, cotangent).compile()
+    bwd_jit = jax.jit(lambda f, ct: f(ct))
+    bwd_compiled = bwd_jit.lower(vjp_fn, cotangent).compile()
     jax.block_until_ready(vjp_fn)
+    if not aot:
+        # Same programs, called the way a training loop calls them (the
+        # warm-up call compiles once more, outside the timing).
+        grad, bwd_compiled = jax.jit(jax.grad(h)), bwd_jit
+        jax.block_until_ready((grad(lam, *data), bwd_compiled(vjp_fn, cotangent)))
 
     return Compiled(
         grad=lambda: grad(lam, *data),
@@ -304,7 +317,9 @@ def run_size(args, d: int, num_steps: int) -> tuple[list[Row], dict]:
 
     methods = make_methods(sq_norm_x, num_steps, args.tol)
     methods = {k: v for k, v in methods.items() if k in args.methods}
-    compiled = {name: compile_method(h, lam, data) for name, h in methods.items()}
+    compiled = {
+        name: compile_method(h, lam, data, args.aot) for name, h in methods.items()
+    }
     hypergrads = {name: float(c.grad()) for name, c in compiled.items()}
     grads = {name: c.grad for name, c in compiled.items()}
     grad_times = time_round_robin(grads, args.repeats)
@@ -417,6 +432,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--aot",
+        action="store_true",
+        help="time the ahead-of-time Compiled objects instead of jax.jit calls "
+        "(adds Python dispatch to programs that hold a host callback)",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         choices=METHODS,
@@ -440,7 +461,8 @@ def main(argv=None) -> list[Row]:
             f"{_versions()}; backend {jax.default_backend()} "
             f"({jax.devices()[0].device_kind}, {platform.machine()}, "
             f"{os.cpu_count()} CPUs); median of {args.repeats} samples "
-            f"(grad) / {args.bwd_repeats or 3 * args.repeats} (bwd), compile excluded; "
+            f"(grad) / {args.bwd_repeats or 3 * args.repeats} (bwd), compile excluded, "
+            f"{'AOT Compiled' if args.aot else 'jax.jit'} calls; "
             f"linear-solve tolerance {args.tol:g}; ratios are vs {REFERENCE}.\n",
             flush=True,
         )

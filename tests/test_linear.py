@@ -207,3 +207,27 @@ def test_linear_solve_knows_the_recycling_method(method):
     b = jnp.asarray(rng.normal(size=30))
     sol = jaxsolve.linear_solve(A, b, method=method, rtol=1e-10)
     np.testing.assert_allclose(sol.value, np.linalg.solve(A, b), rtol=1e-7, atol=1e-9)
+
+
+def test_cg_counts_its_check_products():
+    """CG's operator checks cost two products (A 0 and the symmetry probe on its
+    own first direction), one for an operator linear by construction; the true
+    residual at the end is one more."""
+    from jaxsolve.solvers.linear._krylov import linear_by_construction
+
+    rng = np.random.default_rng(4)
+    M = rng.normal(size=(12, 12))
+    A = jnp.asarray(M @ M.T + 12 * np.eye(12))
+    b = jnp.asarray(rng.normal(size=12))
+
+    def matvec(x):
+        return A @ x
+
+    for op, checks in ((matvec, 2), (linear_by_construction(matvec), 1)):
+        sol = jaxsolve.cg(op, b, rtol=1e-10)
+        np.testing.assert_allclose(sol.value, np.linalg.solve(A, b), rtol=1e-9)
+        assert int(sol.stats["matvecs"]) == int(sol.num_steps) + checks + 1
+    # an asymmetric operator marked linear is still refused
+    skew = A.at[0, 1].add(1.0)
+    sol = jaxsolve.cg(linear_by_construction(lambda x: skew @ x), b, throw=False)
+    assert bool(sol.result == RESULTS.not_symmetric), sol.message

@@ -81,8 +81,11 @@ def test_failed_derivative_solve_gives_nan_with_throw_false():
     good = jax.grad(lambda b: jnp.sum(jaxsolve.cg(A, b, throw=False).value))(e1)
     np.testing.assert_allclose(good, 1 / jnp.arange(1.0, 9.0), rtol=1e-10)
     # and with throw=True the failed derivative solve raises
+    # (raised when the gradient is computed: blocked on, as dispatch is async)
     with pytest.raises(ERRORS, match="cg: the maximum number of steps"):
-        jax.grad(lambda b: jnp.sum(jaxsolve.cg(A, b, max_steps=2).value))(e1)
+        jax.block_until_ready(
+            jax.grad(lambda b: jnp.sum(jaxsolve.cg(A, b, max_steps=2).value))(e1)
+        )
 
 
 def test_failed_primal_solve_gives_nan_derivative_and_its_last_iterate():

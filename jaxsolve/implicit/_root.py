@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 from .._checks import all_finite
 from .._solution import RESULTS, error_if_failed, guard, poison_if_failed
 from ..solvers.linear import linear_solve
+from ..solvers.linear._krylov import linear_by_construction
 
 __all__ = ["custom_root", "custom_fixed_point"]
 
@@ -242,7 +243,11 @@ def _solve_dfdx(f_c, x, args, f_consts, d_f, linear, preconditioner, throw):
         # A failed solve (forward, or transposed in reverse mode) raises a
         # runtime error naming the method and the reason (throw=True) or gives
         # NaN (throw=False): never a finite wrong derivative.
-        sol = linear_solve(mv, r, method=method, throw=throw, **options)
+        # `mv` is the linearisation of F (or its transpose): linear by
+        # construction, so the Krylov core need not spend a product on A 0 = 0.
+        sol = linear_solve(
+            linear_by_construction(mv), r, method=method, throw=throw, **options
+        )
         # (A failed solve reports its last iterate as its value: a derivative
         # takes NaN instead.)
         return sol.value if throw else poison_if_failed(sol.value, sol.result)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
-from ._krylov import krylov_solve, start_result
+from ._krylov import krylov_solve, start_result, symmetry_probe, symmetry_result
 
 __all__ = ["cg"]
 
@@ -17,18 +17,15 @@ def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
     z = apply_m(r)
     rr = jnp.vdot(r, r)
     rz = rr if precond is None else jnp.vdot(r, z)
-    # state: x, r, p, r.z, ||r||^2 (carried, so the stopping test is a scalar
-    # comparison rather than a pass over r), result
-    init = (x0, r, z, rz, rr, start_result(input_code, r))
     tol2 = tol**2
 
     def keep_going(state):
         *_, rr, result = state
         return (result == RESULTS.successful) & (rr > tol2)
 
-    def step(state):
+    def advance(state, ap):
+        """One CG step, given ``ap = A p`` for the current direction ``p``."""
         x, r, p, rz, rr, result = state
-        ap = matvec(p)
         pap = jnp.vdot(p, ap)
         # p^T A p <= 0 proves A is not SPD (CG's curvature test); NaN means
         # overflow. Then the step is not taken (alpha = 0) and the loop ends.
@@ -45,8 +42,29 @@ def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
         )
         return x, r, p, rz_new, rr, RESULTS.where(bad, code, result)
 
-    state, num_steps = iterate(step, keep_going, init, max_steps)
-    return state[0], state[-1], num_steps
+    def step(state):
+        return advance(state, matvec(state[2]))
+
+    # The first step is taken outside the loop so that its product A p0 also
+    # serves the symmetry probe (u^T A p0 = p0^T A u for a fixed random u): one
+    # extra product a solve, where a random pair u, v would cost two. Every
+    # solve (primal, tangent, transposed) probes its own operator this way.
+    u = symmetry_probe(r.size, r.dtype)
+    ap0 = matvec(z)
+    result = symmetry_result(start_result(input_code, r), u, matvec(u), z, ap0)
+    # state: x, r, p, r.z, ||r||^2 (carried, so the stopping test is a scalar
+    # comparison rather than a pass over r), result
+    init = (x0, r, z, rz, rr, result)
+    take = keep_going(init) & (max_steps > 0)
+    first = advance(init, ap0)
+    state = tuple(
+        jnp.where(take, a, b) for a, b in zip(first[:-1], init[:-1], strict=True)
+    )
+    state = (*state, RESULTS.where(take, first[-1], result))
+    taken = take.astype(jnp.int32)
+    state, num_steps = iterate(step, keep_going, state, max_steps - taken)
+    # Products: the loop's steps, A p0 (taken or not) and A u.
+    return state[0], state[-1], num_steps + taken, {"matvecs": num_steps + 2}
 
 
 def cg(
@@ -97,4 +115,5 @@ def cg(
         preconditioner=preconditioner,
         throw=throw,
         symmetric=True,
+        loop_probes_symmetry=True,
     )

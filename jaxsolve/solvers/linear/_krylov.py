@@ -46,7 +46,10 @@ __all__ = [
     "checked_inside",
     "checked_outside",
     "krylov_solve",
+    "linear_by_construction",
     "operator_checks",
+    "symmetry_probe",
+    "symmetry_result",
     "stall_result",
     "start_result",
     "finish_result",
@@ -140,38 +143,80 @@ def _probes(n: int, dtype) -> tuple[Array, Array]:
     return tuple((2 * (w - jnp.floor(w)) - 1).astype(dtype) for w in (u, v))
 
 
-def operator_checks(op: FlatOperator, symmetric: bool) -> tuple[RESULTS, int]:
+def symmetry_probe(n: int, dtype) -> Array:
+    """The fixed pseudo-random probe ``u`` of :func:`symmetry_result`."""
+    return _probes(n, dtype)[0]
+
+
+def symmetry_result(code: RESULTS, u: Array, au: Array, v: Array, av: Array):
+    """``code``, or ``not_symmetric`` (when ``code`` is ``successful``) if
+    ``|u^T A v - v^T A u| > sqrt(eps) (|u| |A v| + |v| |A u|)``.
+
+    ``u`` must be pseudo-random (:func:`symmetry_probe`); ``v`` may be any vector
+    (a Krylov method's own first direction, whose product it computes anyway):
+    with a random ``u`` the scale ``|v| |A u|`` is of the order of ``|A| |u| |v|``,
+    far above the rounding of either product, so a symmetric ``A`` passes."""
+    gap = jnp.abs(jnp.vdot(u, av) - jnp.vdot(v, au))
+    scale = norm(u) * norm(av) + norm(v) * norm(au)
+    tol = jnp.sqrt(jnp.finfo(u.dtype).eps) * scale
+    # NaN (an overflow in the probe) is not taken for an asymmetry.
+    asymmetric = gap > tol
+    return RESULTS.where(
+        (code == RESULTS.successful) & asymmetric, RESULTS.not_symmetric, code
+    )
+
+
+_LINEAR_MARK = "_jaxsolve_linear_by_construction"
+
+
+class _LinearByConstruction:
+    """A function ``x -> A x`` known to be linear (see
+    :func:`linear_by_construction`)."""
+
+    def __init__(self, fn: Callable):
+        self._fn = fn
+        setattr(self, _LINEAR_MARK, True)
+
+    def __call__(self, x):
+        return self._fn(x)
+
+
+def linear_by_construction(fn: Callable) -> Callable:
+    """Mark ``fn`` as linear by construction (a ``jax.linearize`` or
+    ``jax.linear_transpose`` of a function, as the implicit layer builds): the
+    Krylov solvers then skip the ``A 0 = 0`` check, whose product would only
+    confirm what the construction guarantees. (A NaN or Inf in such an operator
+    is still caught: by the solve's first product.)"""
+    return _LinearByConstruction(fn)
+
+
+def operator_checks(
+    op: FlatOperator, symmetric: bool, *, known_linear: bool = False
+) -> tuple[RESULTS, int]:
     """Cheap run-time checks of a linear operator, and the products they cost.
 
     ``A 0`` must be exactly 0 (a linear map sends 0 to 0 in floating point too;
-    NaN or Inf entries give NaN, ``0 * inf``) and finite: one product. With
-    ``symmetric`` (CG, whose derivatives reuse ``A`` for ``A^T``), ``u^T A v``
-    must equal ``v^T A u`` for a fixed random pair ``u, v`` to ``sqrt(eps)``
-    relative to ``|u| |A v| + |v| |A u|``: two products. A non-symmetric ``A`` can
+    NaN or Inf entries give NaN, ``0 * inf``) and finite: one product, skipped
+    when ``known_linear``. With ``symmetric`` (CG, whose derivatives reuse ``A``
+    for ``A^T``), ``u^T A v`` must equal ``v^T A u`` for a fixed random pair
+    ``u, v`` (:func:`symmetry_result`): two products. A non-symmetric ``A`` can
     pass a Krylov solve and then give silently wrong derivatives."""
-    zero = jnp.zeros((op.size,), op.dtype)
-    a0 = op.matvec(zero)
-    finite = all_finite(a0)
+    if known_linear:
+        finite, linear, products = jnp.asarray(True), jnp.asarray(True), 0
+    else:
+        a0 = op.matvec(jnp.zeros((op.size,), op.dtype))
+        finite, linear, products = all_finite(a0), jnp.all(a0 == 0), 1
     if op.matrix is not None:
         finite = finite & all_finite(op.matrix)
     code = RESULTS.where(
         finite,
-        RESULTS.where(jnp.all(a0 == 0), RESULTS.successful, RESULTS.nonlinear_operator),
+        RESULTS.where(linear, RESULTS.successful, RESULTS.nonlinear_operator),
         RESULTS.nonfinite_input,
     )
     if not symmetric:
-        return code, 1
+        return code, products
     u, v = _probes(op.size, op.dtype)
-    au, av = op.matvec(u), op.matvec(v)
-    gap = jnp.abs(jnp.vdot(u, av) - jnp.vdot(v, au))
-    scale = norm(u) * norm(av) + norm(v) * norm(au)
-    tol = jnp.sqrt(jnp.finfo(op.dtype).eps) * scale
-    # NaN (an overflow in the probe) is not taken for an asymmetry.
-    asymmetric = gap > tol
-    code = RESULTS.where(
-        (code == RESULTS.successful) & asymmetric, RESULTS.not_symmetric, code
-    )
-    return code, 3
+    return symmetry_result(code, u, op.matvec(u), v, op.matvec(v)), products + 2
 
 
 def krylov_solve(
@@ -190,6 +235,7 @@ def krylov_solve(
     default_max_steps: Callable[[int], int] = lambda n: 10 * n,
     transpose_loop: Callable | None = None,
     messages: dict[str, str] | None = None,
+    loop_probes_symmetry: bool = False,
 ) -> Solution:
     """``transpose_loop``: the loop for the transposed systems of reverse mode
     (default ``loop``); its extra outputs must have the same structure.
@@ -197,7 +243,13 @@ def krylov_solve(
     :func:`jaxsolve._solution.finalize`).
 
     Before the loop the operator is checked (:func:`operator_checks`): ``A 0 =
-    0`` (linear, finite) and, when ``symmetric``, a random probe pair."""
+    0`` (linear, finite; skipped for an operator marked
+    :func:`linear_by_construction`) and, when ``symmetric``, a random probe
+    pair, unless ``loop_probes_symmetry``: then the loop itself checks symmetry
+    on every solve it runs (with :func:`symmetry_result` on a product it
+    computes anyway, such as its first direction's) and returns
+    ``RESULTS.not_symmetric``."""
+    known_linear = bool(getattr(operator, _LINEAR_MARK, False))
     op, b_flat = flat_operator(operator, b)
     if not symmetric and op.matrix is None:
         check_transposable(op, b_flat)
@@ -215,7 +267,9 @@ def krylov_solve(
     precond = flat_preconditioner(preconditioner, op)
     rtol = jnp.asarray(rtol, op.dtype)
     atol = jnp.asarray(atol, op.dtype)
-    input_code, check_products = operator_checks(op, symmetric)
+    input_code, check_products = operator_checks(
+        op, symmetric and not loop_probes_symmetry, known_linear=known_linear
+    )
     input_code = RESULTS.where(
         input_code != RESULTS.successful,
         input_code,
@@ -240,7 +294,8 @@ def krylov_solve(
         # b = 0 has the exact answer x = 0 (whatever x0): no tolerance can be
         # met from elsewhere when it is 0 = max(rtol |b|, atol).
         guess = jnp.where(norm(rhs) == 0, 0, guess)
-        # A 0 = 0 was checked: solves from zero need no product for r0.
+        # A 0 = 0 (checked, or linear by construction): solves from zero
+        # need no product for r0.
         r0 = rhs if zero_guess else rhs - matvec(guess)
 
         # A loop stops when its *recursively updated* residual meets the
