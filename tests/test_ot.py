@@ -560,3 +560,51 @@ def test_sns_converges_with_few_long_rows():
     other = solve(jnp.asarray(C.T), jnp.asarray(b), jnp.asarray(a), eps)
     np.testing.assert_allclose(one.plan, other.plan.T, atol=1e-12)
     np.testing.assert_allclose(one.cost, other.cost, rtol=1e-12)
+
+
+def _peaked_and_zero_cases():
+    """Small epsilon (1e-3 to 1e-2 of the median cost) with peaked marginals
+    (Dirichlet(0.05), floored at 1e-16) or zeros in both: the family where the
+    line search ran out of halvings (issue 12, `stagnation`), one shape (23, 37)."""
+    rng = np.random.default_rng(5)
+    n, m = 23, 37
+    x, y = rng.uniform(size=(n, 2)), rng.uniform(size=(m, 2))
+    sq = ((x[:, None] - y[None]) ** 2).sum(-1)
+    grid = np.abs(rng.integers(0, 20, (n, 1, 2)) - rng.integers(0, 20, (1, m, 2))).sum(
+        -1
+    )
+
+    def peaked(size):
+        p = np.maximum(rng.dirichlet(np.full(size, 0.05)), 1e-16)
+        return p / p.sum()
+
+    def holes(size):
+        p = rng.uniform(size=size) * (rng.uniform(size=size) > 0.3)
+        p[0] = max(p[0], 0.1)
+        return p / p.sum()
+
+    return [
+        (sq, peaked(n), peaked(m), 1.4e-3),
+        (grid.astype(float), peaked(n), np.full(m, 1 / m), 2.3e-3),
+        (rng.uniform(size=(n, m)), holes(n), holes(m), 2.5e-3),
+        (grid.astype(float), holes(n), holes(m), 1.1e-2),
+    ]
+
+
+def test_sns_converges_with_peaked_or_zero_marginals_at_small_epsilon():
+    ot = pytest.importorskip("ot")
+    solve = jax.jit(
+        lambda C, a, b, eps: sinkhorn_newton_sparse(
+            C, a, b, epsilon=eps, tol=1e-9, throw=False
+        )
+    )
+    for C, a, b, rel_eps in _peaked_and_zero_cases():
+        eps = rel_eps * float(np.median(C))
+        reference = ot.sinkhorn(
+            a, b, C, eps, method="sinkhorn_log", stopThr=1e-11, numItermax=200_000
+        )
+        assert float(marginal_error(jnp.asarray(reference), a, b)) <= 1e-9
+        sol = solve(jnp.asarray(C), jnp.asarray(a), jnp.asarray(b), eps)
+        assert bool(sol.succeeded), (rel_eps, sol.result, sol.stats)
+        assert float(marginal_error(sol.plan, a, b)) <= 2e-9
+        np.testing.assert_allclose(sol.plan, reference, atol=1e-8)

@@ -28,6 +28,12 @@ __all__ = ["sinkhorn_newton_sparse"]
 # Backtracking line search: halve the step until Armijo's condition holds.
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 30
+# The largest change of any log-plan entry that a first trial step may make.
+_MAX_EXPONENT_STEP = 100.0
+# Sinkhorn steps run after a Newton step that cut the marginal error by less than
+# _SLOW_NEWTON (or whose line search failed), before Newton goes on.
+_SINKHORN_BLOCK = 10
+_SLOW_NEWTON = 0.5
 
 
 def _phi_sum(plan, log_plan, t):
@@ -61,6 +67,7 @@ class _NewtonState(NamedTuple):
     line_search_steps: Array
     pattern: Array  # (n, k), the column indices of the sparsified Hessian
     previous_err: Array  # err before the last step
+    sinkhorn_steps: Array  # Sinkhorn steps run after slow Newton steps
 
 
 def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
@@ -70,6 +77,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
     vb = (p.b > 0).astype(dtype)  # the columns' support
     unit = mass / max(n, m)  # the size of a typical row or column sum of P
     eps_dtype = float(jnp.finfo(dtype).eps)
+    tiny = float(jnp.finfo(dtype).tiny)
 
     def state_at(f, g):
         log_plan = logits(f, g, p.C, p.epsilon, p.a, p.b)
@@ -184,7 +192,14 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
             ok = gain >= _ARMIJO * alpha * slope
             return jnp.where(ok, alpha, alpha / 2), ok
 
-        init = (jnp.asarray(1.0, dtype), jnp.asarray(False))
+        # The first trial step changes no exponent of the plan by more than
+        # _MAX_EXPONENT_STEP (a trust region in the exponent scale): with a
+        # peaked marginal the direction can be ~1e10 in a row of mass ~1e-16,
+        # and halving from alpha = 1 would run out of halvings long before the
+        # step became sensible (issue 12's `stagnation` family).
+        t_max = jnp.max(jnp.where(log_plan > -jnp.inf, jnp.abs(t), 0))
+        alpha0 = jnp.minimum(1, _MAX_EXPONENT_STEP / jnp.maximum(t_max, tiny))
+        init = (alpha0.astype(dtype), jnp.asarray(False))
         (alpha, ok), trials = iterate(trial, lambda s: ~s[1], init, _MAX_HALVINGS)
         return alpha, ok, trials
 
@@ -204,15 +219,38 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         alpha, ok, trials = line_search(s.log_plan, s.plan, s.grad, z)
         step_ = jnp.where(ok, alpha * p.epsilon, 0) * z
         f, g = s.f + step_[:n], s.g + step_[n:]
+        new = (f, g, *state_at(f, g))
+        # A Newton step that failed or made little progress (far from the
+        # solution, or a Hessian that is badly scaled in a few rows, as with
+        # peaked marginals) is followed by a block of Sinkhorn steps. Each of
+        # those is an exact ascent step on the dual, row by row, so the solve
+        # goes on wherever Sinkhorn would; Newton then resumes from a point
+        # where its model is better. The block's length is a traced budget,
+        # 0 when Newton did well: under vmap the loop then only runs the
+        # elements that need it.
+        slow = ~ok | (new[-1] > _SLOW_NEWTON * s.err)
+        budget = jnp.where(slow, _SINKHORN_BLOCK, 0)
+
+        def sinkhorn_block(new):
+            f, g, *_ = new
+            f, g, _, steps = sinkhorn_stage(p, f, g, budget)
+            return (f, g, *state_at(f, g)), steps
+
+        new, sinkhorn_steps = lax.cond(
+            slow & (new[-1] > p.tol),
+            sinkhorn_block,
+            lambda new: (new, jnp.asarray(0, jnp.int32)),
+            new,
+        )
         return _NewtonState(
-            f,
-            g,
-            *state_at(f, g),
-            stalled=~ok,
+            *new,
+            # Stalled: neither Newton nor Sinkhorn lowered the error.
+            stalled=~ok & ~(new[-1] < s.err),
             cg_steps=s.cg_steps + cg_k,
             line_search_steps=s.line_search_steps + trials,
             pattern=pattern,
             previous_err=s.err,
+            sinkhorn_steps=s.sinkhorn_steps + sinkhorn_steps,
         )
 
     zero = jnp.asarray(0, jnp.int32)
@@ -225,9 +263,19 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         line_search_steps=zero,
         pattern=jnp.zeros((n, k), jnp.int32),
         previous_err=jnp.asarray(0, dtype),  # 0: the first step selects
+        sinkhorn_steps=zero,
     )
     s, num_steps = iterate(step, keep_going, init, max_steps)
-    return s.f, s.g, s.err, s.stalled, num_steps, s.cg_steps, s.line_search_steps
+    return (
+        s.f,
+        s.g,
+        s.err,
+        s.stalled,
+        num_steps,
+        s.cg_steps,
+        s.line_search_steps,
+        s.sinkhorn_steps,
+    )
 
 
 def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
@@ -244,13 +292,14 @@ def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
             p = p._replace(C=p.C.T, a=p.b, b=p.a)
             f, g = g, f
         f, g, _, n_sinkhorn = sinkhorn_stage(p, f, g, warmup_steps)
-        f, g, err, stalled, n_newton, cg_steps, ls_steps = _newton_stage(
+        f, g, err, stalled, n_newton, cg_steps, ls_steps, n_polish = _newton_stage(
             p, f, g, k, max_newton_steps, cg_rtol, cg_max_steps
         )
         if transpose:
             f, g = g, f
         stats = {
-            "sinkhorn_steps": n_sinkhorn,
+            # The warm-up's and those run after slow Newton steps.
+            "sinkhorn_steps": n_sinkhorn + n_polish,
             "newton_steps": n_newton,
             "cg_steps": cg_steps,
             "line_search_steps": ls_steps,
