@@ -356,8 +356,16 @@ def sinkhorn_newton_sparse(
        diagonal so that it stays positive semi-definite; solve the Newton system
        matrix-free by :func:`jaxsolve.cg` on its Schur complement (the smaller
        of the two potentials; Jacobi-preconditioned, inexact); take a
-       backtracking (Armijo) line search on ``D``; stop when
-       ``||P 1 - a||_1 + ||P^T 1 - b||_1 <= tol``.
+       backtracking (Armijo) line search on ``D``, whose first trial step moves
+       no entry of ``log P`` by more than 100 (a trust region in the exponent
+       scale); stop when ``||P 1 - a||_1 + ||P^T 1 - b||_1 <= tol``;
+    3. after a Newton step that failed or cut the error by less than half (far
+       from the solution, or peaked marginals that scale a few rows of the
+       Hessian badly), 10 Sinkhorn steps before the next Newton step: each is an
+       exact ascent step, so SNS goes on wherever Sinkhorn converges.
+
+    For ``n < m`` the transposed problem is solved (rows are the short side, so
+    the ``k`` kept entries cover a row; the potentials are swapped back).
 
     Each Newton step costs ``O(n m)`` like a Sinkhorn step (forming ``P``, the
     top-k selection, the line search) plus ``O(n k)`` per CG step. The top-k
@@ -397,10 +405,11 @@ def sinkhorn_newton_sparse(
     Returns:
         :class:`OTSolution`: ``.value = (f, g)``, ``.plan``, ``.cost``,
         ``.residual`` (marginal error), ``.num_steps`` (Sinkhorn + Newton steps),
-        ``.stats`` with ``sinkhorn_steps``, ``newton_steps``, ``cg_steps``,
-        ``line_search_steps``, ``marginal_error``. A failed line search ends the
-        solve with ``RESULTS.stagnation`` (the tolerance is below what the dtype
-        allows).
+        ``.stats`` with ``sinkhorn_steps`` (warm-up and fallback), ``newton_steps``,
+        ``cg_steps``, ``line_search_steps``, ``marginal_error``. A Newton step
+        whose line search failed and whose Sinkhorn block did not lower the error
+        either ends the solve with ``RESULTS.stagnation`` (the tolerance is below
+        what the dtype allows).
 
     Precision: as for :func:`sinkhorn`, float32 is safe while ``max|C| /
     epsilon <~ 1e4`` (measured on ``C ~ U[0, 1]``, ``n = 200``: ``eta = 1200``
