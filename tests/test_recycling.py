@@ -243,18 +243,21 @@ def test_recycling_lowers_matvecs_along_a_slowly_varying_sequence():
     shifts = jnp.linspace(300.0, 310.0, 4)
     b = jnp.asarray(np.random.default_rng(0).normal(size=(16, 16)))
     opts = dict(m=20, k=10, rtol=1e-8, max_steps=3000)
-    rec = solve_family(make, shifts, b, order="given", **opts)
-    alone = jax.vmap(lambda s: gcrodr(make(s), b, **opts))(shifts)
-    gm = solve_family(
-        make,
-        shifts,
-        b,
-        method="gmres",
-        restart=20,
-        rtol=1e-8,
-        max_steps=3000,
-        throw=False,
-    )
+    # jitted: one compilation each rather than op-by-op dispatch (test time)
+    rec = jax.jit(lambda s: solve_family(make, s, b, order="given", **opts))(shifts)
+    alone = jax.jit(jax.vmap(lambda s: gcrodr(make(s), b, **opts)))(shifts)
+    gm = jax.jit(
+        lambda s: solve_family(
+            make,
+            s,
+            b,
+            method="gmres",
+            restart=20,
+            rtol=1e-8,
+            max_steps=3000,
+            throw=False,
+        )
+    )(shifts)
     assert bool(jnp.all(rec.succeeded)) and bool(jnp.all(alone.succeeded))
     assert not bool(jnp.any(gm.succeeded))
     rec_mv = np.asarray(rec.stats["matvecs"])
