@@ -27,8 +27,8 @@ Cases (``eta = --eta``, default 1200, for all of them):
   Gaussian blob, ``n = m = --n``, or ``N`` for ``points-N``), squared Euclidean
   cost, uniform marginals. The default list has ``points-2000`` and
   ``points-5000`` (whose dense cost matrix alone is 200 MB in float64). SNS keeps
-  ``k = max(32, n // 25)`` entries per row here (32, 80, 200 at ``n = 500, 2000,
-  5000``): a fixed ``k = 32`` stalls at ``n = 5000`` (200 Newton steps, error
+  its default ``k = max(32, n / 25)`` entries per row (32, 80, 200 at ``n = 500,
+  2000, 5000``): a fixed ``k = 32`` stalls at ``n = 5000`` (200 Newton steps, error
   1e-4), since the number of points a row of the plan spreads over grows with
   ``n``.
 
@@ -36,9 +36,9 @@ Methods:
 
 * ``jaxsolve-sns``: :func:`jaxsolve.solvers.ot.sinkhorn_newton_sparse` (a
   per-case number of Sinkhorn warm-up steps, 20, or 700 for ``digits-l1``, then at
-  most ``--max-newton-steps`` sparse Newton steps with a per-case ``k`` entries per
-  row, 32 except on the large point clouds; ``--warmup`` and ``--k`` override them for
-  every case), jitted.
+  most ``--max-newton-steps`` sparse Newton steps with SNS's default ``k`` entries
+  per row, ``max(32, n / 25)``; ``--warmup`` and ``--k`` override them for every
+  case), jitted.
 * ``jaxsolve-sinkhorn``: :func:`jaxsolve.solvers.ot.sinkhorn`, jitted.
 * ``ott-sinkhorn``: ``ott.solvers.linear.sinkhorn.Sinkhorn`` (log domain, marginal
   error tested every 10 iterations), jitted.
@@ -120,7 +120,7 @@ class Case:
     a: np.ndarray
     b: np.ndarray
     warmup: int = 20  # SNS Sinkhorn warm-up steps
-    k: int = 32  # SNS entries per row
+    k: int | None = None  # SNS entries per row (None: SNS's default)
     max_steps: int = MAX_STEPS  # jaxsolve-sinkhorn, ott-sinkhorn
     pot_max_steps: int = POT_MAX_STEPS
     regot_max_steps: int = MAX_STEPS
@@ -164,10 +164,9 @@ def make_case(name: str, n: int, floor: float) -> Case:
         x = jax.random.uniform(kx, (n, 2), jnp.float64)
         y = 0.5 + 0.15 * jax.random.normal(ky, (n, 2), jnp.float64)
         a = np.full(n, 1.0 / n)
-        # The plan's rows spread over the points within ~sqrt(epsilon), whose
-        # number grows like n: k = 32 at n = 500, 80 at 2000, 200 at 5000.
-        k = max(32, n // 25)
-        case = Case(np.asarray(sqeuclidean_cost(x, y)), a, a, k=k)
+        # SNS's default k, max(32, n / 25), follows the plan's rows, which spread
+        # over the points within ~sqrt(epsilon), a number that grows like n.
+        case = Case(np.asarray(sqeuclidean_cost(x, y)), a, a)
         if n > 3000:
             case.max_steps, case.pot_max_steps, case.regot_max_steps = 100, 0, 1_000
             case.skip["pot-sinkhorn_log"] = (
@@ -332,7 +331,7 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--k", type=int, default=None, help="SNS entries per row (default 32)"
+        "--k", type=int, default=None, help="SNS entries per row (default: SNS's)"
     )
     parser.add_argument(
         "--warmup",
