@@ -190,8 +190,8 @@ def _update(
     ``W G y`` of the residual, and the new recycle space ``(U, C)`` (rows): the
     span of the ``k`` harmonic Ritz vectors of smallest ``|theta|`` over
     ``range(V_hat)``. The products with the ``n``-long bases are batched (``y``
-    rides along with ``P``, ``G y`` with ``L``): one pass over ``V_hat`` and one
-    over ``W`` instead of two each."""
+    rides along with ``U``'s coefficients, ``G y`` with ``C``'s): one pass over
+    ``V_hat`` and one over ``W``."""
     y = least_squares_solution(cycle, start)
     p = _ritz_subspace(cycle, start, ud_rows, k, _RITZ_ITERATIONS, ritz)
     # A V_hat P = W G P = (W L) S Rt (thin SVD), so U = V_hat P Rt^T S^-1 and
