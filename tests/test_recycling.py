@@ -463,6 +463,7 @@ def test_family_operator_matches_scipy_and_solves(name):
         assert eig.min() < 0 < eig.max()
 
 
+@pytest.mark.slow  # 9 s; the benchmark's ritz="iterate" column runs the same path
 def test_gpu_path_orthogonal_iteration_solves_and_recycles():
     """The GPU/TPU harmonic Ritz path (orthogonal iteration instead of eig,
     ``ritz="iterate"``) on CPU: exact solves, a valid recycle space, recycling."""

@@ -102,7 +102,12 @@ def test_failed_primal_solve_gives_nan_derivative_and_its_last_iterate():
     assert bool(jnp.all(jnp.isnan(grad)))
 
 
-@pytest.mark.parametrize("solver", ["sinkhorn", "sinkhorn_newton_sparse"])
+@pytest.mark.parametrize(
+    "solver",
+    # SNS's batch of codes also runs in the test matrix's vmap checks; its copy
+    # here (14 s of compilation) runs with the slow tests.
+    ["sinkhorn", pytest.param("sinkhorn_newton_sparse", marks=pytest.mark.slow)],
+)
 def test_one_bad_element_of_a_batch_does_not_abort_the_others(solver):
     solve = getattr(jaxsolve, solver)
     C = _cost_matrix()
