@@ -516,6 +516,14 @@ def test_grid_cost_transports_an_image():
     np.testing.assert_allclose(jnp.sum(C * sol.plan), (1 / 6) ** 2, rtol=1e-3)
 
 
+# SNS to a marginal error of 1e-9, jitted: the two failure-family tests below.
+_sns_to_1e_9 = jax.jit(
+    lambda C, a, b, eps: sinkhorn_newton_sparse(
+        C, a, b, epsilon=eps, tol=1e-9, throw=False
+    )
+)
+
+
 def _long_row_cases():
     """Few points against many (n < m), epsilon 1e-2 to 0.15 of the median cost:
     the family where SNS with rows as the long side stopped at max_steps (issue
@@ -537,11 +545,7 @@ def _long_row_cases():
 
 def test_sns_converges_with_few_long_rows():
     ot = pytest.importorskip("ot")
-    solve = jax.jit(
-        lambda C, a, b, eps: sinkhorn_newton_sparse(
-            C, a, b, epsilon=eps, tol=1e-9, throw=False
-        )
-    )
+    solve = _sns_to_1e_9
     for C, a, b, rel_eps in _long_row_cases():
         eps = rel_eps * float(np.median(C))
         sol = solve(jnp.asarray(C), jnp.asarray(a), jnp.asarray(b), eps)
@@ -593,11 +597,7 @@ def _peaked_and_zero_cases():
 
 def test_sns_converges_with_peaked_or_zero_marginals_at_small_epsilon():
     ot = pytest.importorskip("ot")
-    solve = jax.jit(
-        lambda C, a, b, eps: sinkhorn_newton_sparse(
-            C, a, b, epsilon=eps, tol=1e-9, throw=False
-        )
-    )
+    solve = _sns_to_1e_9
     for C, a, b, rel_eps in _peaked_and_zero_cases():
         eps = rel_eps * float(np.median(C))
         reference = ot.sinkhorn(
