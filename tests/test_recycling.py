@@ -104,7 +104,7 @@ def test_harmonic_ritz_subspace_matches_scipy_eig():
     k = next(j for j in (4, 5, 6) if abs(theta[idx[j]]) > 1.01 * abs(theta[idx[j - 1]]))
     # On CPU _ritz_subspace takes the exact eigenvectors; orthogonal iteration
     # (the GPU/TPU path) converges to the same span.
-    exact = np.asarray(_ritz_subspace(cyc, 0, jnp.zeros((k, n)), k, iterations=0))
+    exact = np.asarray(_ritz_subspace(cyc, 0, jnp.zeros((k, n)), k, iterations=0)[0])
     kmat = np.linalg.lstsq(g, np.eye(m + 1, m), rcond=None)[0]  # G^+ W^T V_hat
     iterated = np.asarray(_subspace_by_iteration(jnp.asarray(kmat), k, 300))
     # The real span of the wanted vectors: their real and imaginary parts.
