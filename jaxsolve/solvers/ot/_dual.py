@@ -28,6 +28,8 @@ from jaxtyping import Array
 from ..._checks import all_finite, as_float_array, check_nonnegative
 from ..._solution import RESULTS, Solution, finalize, guard
 from ...implicit import custom_root
+from . import _kernel as kernel
+from ._pointcloud import PointCloud, SparsePlan
 
 __all__ = [
     "INVALID_OT_INPUT",
@@ -52,7 +54,9 @@ class OTSolution(Solution):
         value: the dual potentials ``(f, g)``, shapes ``(n,)`` and ``(m,)``, in the
             gauge ``sum f = sum g``.
         plan: the transport plan ``P = exp((f_i + g_j - C_ij) / epsilon - 1)``,
-            ``(n, m)``.
+            ``(n, m)``; for a :class:`PointCloud` with a sparse ``plan`` option
+            (the default above ``2**22`` entries) a :class:`SparsePlan`, its
+            ``plan_k`` largest entries per row.
         cost: the regularised OT cost ``<C, P> + epsilon sum P log P``, computed as
             the dual objective ``<f, a> + <g, b> - epsilon sum P`` (equal at the
             solution; the dual form has the envelope gradient
@@ -62,15 +66,16 @@ class OTSolution(Solution):
             ``line_search_steps``), ``marginal_error``.
 
     ``plan`` and ``cost`` are differentiable (through the implicit layer) with
-    respect to ``C``, ``a``, ``b`` and ``epsilon``.
+    respect to ``C`` (or a :class:`PointCloud`'s points), ``a``, ``b`` and
+    ``epsilon``.
     """
 
-    plan: Array | None = None
+    plan: Array | SparsePlan | None = None
     cost: Array | None = None
 
 
 class Problem(NamedTuple):
-    C: Array
+    C: Array | PointCloud  # the cost, used only through _kernel
     a: Array
     b: Array
     epsilon: Array
@@ -90,20 +95,32 @@ def _marginal(x, n, name, dtype):
 
 
 def prepare(C, a, b, epsilon, tol, normalize: bool) -> Problem:
-    """Check shapes (``ValueError`` at trace time) and values (a result code)."""
-    C = as_float_array(C, "C")
-    if C.ndim != 2 or 0 in C.shape:
-        raise ValueError(f"`C` must be a non-empty (n, m) matrix, got shape {C.shape}")
+    """Check shapes (``ValueError`` at trace time) and values (a result code).
+
+    ``C``: a cost matrix or a :class:`PointCloud`."""
+    if isinstance(C, PointCloud):
+        cdtype, cfinite = C.dtype, C.finite()
+    else:
+        C = as_float_array(C, "C")
+        if C.ndim != 2 or 0 in C.shape:
+            raise ValueError(
+                f"`C` must be a non-empty (n, m) matrix or a PointCloud, got shape "
+                f"{C.shape}"
+            )
+        cdtype, cfinite = C.dtype, all_finite(C)
     n, m = C.shape
-    a = _marginal(a, n, "a", C.dtype)
-    b = _marginal(b, m, "b", C.dtype)
+    a = _marginal(a, n, "a", cdtype)
+    b = _marginal(b, m, "b", cdtype)
     epsilon = as_float_array(epsilon, "epsilon")
     if epsilon.ndim != 0:
         raise ValueError(f"`epsilon` must be a scalar, got shape {epsilon.shape}")
-    dtype = jnp.result_type(C, a, b, epsilon)
-    C, a, b, epsilon = (x.astype(dtype) for x in (C, a, b, epsilon))
+    dtype = jnp.result_type(cdtype, a, b, epsilon)
+    C = C.astype(dtype)
+    a, b, epsilon = (x.astype(dtype) for x in (a, b, epsilon))
     tol_ok = True if tol is None else check_nonnegative(tol, "tol")
-    finite = all_finite(C, a, b, epsilon) & all_finite(0 if tol is None else tol)
+    # NaN points of a cloud are caught here, like NaN entries of C (a cost
+    # function that is not finite at finite points shows as a non-finite value).
+    finite = cfinite & all_finite(a, b, epsilon) & all_finite(0 if tol is None else tol)
     mass_a, mass_b = jnp.sum(a), jnp.sum(b)
     valid = (
         tol_ok
@@ -132,7 +149,9 @@ def prepare(C, a, b, epsilon, tol, normalize: bool) -> Problem:
 
 
 def logits(f, g, C, epsilon, a, b):
-    """``log P``, with ``-inf`` on the rows/columns of zero marginal entries."""
+    """``log P`` for a cost matrix ``C``, with ``-inf`` on the rows/columns of
+    zero marginal entries (the solvers use :mod:`._kernel`, which also takes a
+    :class:`PointCloud`)."""
     z = (f[:, None] + g[None, :] - C) / epsilon - 1
     support = (a > 0)[:, None] & (b > 0)[None, :]
     return jnp.where(support, z, -jnp.inf)
@@ -153,12 +172,10 @@ def row_potential(g, C, a, b, epsilon):
     """The ``f`` that makes the row marginals exact given ``g`` (a Sinkhorn
     half-step): ``f_i = epsilon (log a_i - LSE_j((g_j - C_ij) / epsilon - 1))``
     over the support of ``b``, on the support of ``a``; 0 off it."""
-    cols = (b > 0)[None, :]
     # The exponent is formed from finite values and masked afterwards (not from
     # g_j = -inf), so that its derivatives are 0, not inf * 0 = NaN, off the
     # support.
-    z = (jnp.where(cols, g[None, :], 0) - C) / epsilon - 1
-    lse = jax.nn.logsumexp(jnp.where(cols, z, -jnp.inf), axis=1)
+    lse = kernel.row_lse(C, g, epsilon, b)
     ok = a > 0
     return jnp.where(ok, epsilon * (jnp.log(jnp.where(ok, a, 1)) - lse), 0)
 
@@ -170,14 +187,13 @@ def _column_scale(b):
 
 
 def _reduced_terms(g, C, a, b, epsilon):
-    """The plan at ``(f(g), g)``, the support indicator ``v`` of ``b`` and the
+    """The row potentials ``f(g)``, the support indicator ``v`` of ``b`` and the
     weight ``kappa`` of the rank-one gauge term, shared by :func:`_optimality`
     and :func:`_preconditioner`."""
     f = row_potential(g, C, a, b, epsilon)
-    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
     v = (b > 0).astype(g.dtype)
     kappa = _column_scale(b) / jnp.maximum(jnp.sum(v), 1)
-    return plan, v, kappa
+    return f, v, kappa
 
 
 def _optimality(g, C, a, b, epsilon):
@@ -201,19 +217,19 @@ def _optimality(g, C, a, b, epsilon):
     steps (the Jacobi-scaled spectrum is ``1 - s_i^2`` instead of ``1 +- s_i``);
     :func:`_preconditioner` scales it by its diagonal.
     """
-    plan, v, kappa = _reduced_terms(g, C, a, b, epsilon)
-    residual = plan.sum(0) - b + kappa * v * jnp.vdot(v, g) / epsilon
+    f, v, kappa = _reduced_terms(g, C, a, b, epsilon)
+    cols = kernel.plan_sums(C, f, g, epsilon, a, b)[1]
+    residual = cols - b + kappa * v * jnp.vdot(v, g) / epsilon
     return residual + jnp.where(b > 0, 0, _column_scale(b) * g / epsilon)
 
 
 def _preconditioner(g, C, a, b, epsilon):
     """Jacobi for :func:`_optimality`'s Jacobian at the solution:
     ``diag(D2 - P^T D1^{-1} P) + kappa v^2``, over ``epsilon``."""
-    plan, v, kappa = _reduced_terms(g, C, a, b, epsilon)
-    d1 = plan.sum(1)
+    f, v, kappa = _reduced_terms(g, C, a, b, epsilon)
+    d1, d2 = kernel.plan_sums(C, f, g, epsilon, a, b)
     d1 = jnp.where(d1 > 0, d1, 1)
-    d2 = plan.sum(0)
-    schur = d2 - jnp.sum(plan * plan / d1[:, None], axis=0)
+    schur = d2 - kernel.schur_col(C, f, g, epsilon, a, b, d1)
     # Rounding can leave a tiny or negative diagonal where one entry carries a
     # whole column: floor it.
     schur = jnp.maximum(schur, jnp.finfo(g.dtype).eps * d2)
@@ -224,6 +240,14 @@ def _preconditioner(g, C, a, b, epsilon):
 def marginal_error(plan, a, b):
     """``||P 1 - a||_1 + ||P^T 1 - b||_1``."""
     return jnp.sum(jnp.abs(plan.sum(1) - a)) + jnp.sum(jnp.abs(plan.sum(0) - b))
+
+
+def _dual_value(f, g, C, a, b, epsilon):
+    return (
+        jnp.vdot(f, a)
+        + jnp.vdot(g, b)
+        - epsilon * kernel.total_mass(C, f, g, epsilon, a, b)
+    )
 
 
 @jax.custom_jvp
@@ -238,21 +262,24 @@ def dual_cost(f, g, C, a, b, epsilon):
     and ``g`` carry their implicit derivatives), so second derivatives are exact
     too. (Dropping ``dD/d(f, g)`` costs an error of the size of the solve's
     marginal residual.)
+
+    That tangent is the derivative of ``D`` with the potentials held fixed
+    (``d(-epsilon sum P)/dC = P``, ``d(-epsilon sum P)/d epsilon = sum P log P``),
+    which is how it is computed: one ``jvp`` in ``(C, a, b, epsilon)``, so a
+    :class:`PointCloud`'s points get ``<P, dC>`` through their blocks of ``C``.
     """
-    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
-    return jnp.vdot(f, a) + jnp.vdot(g, b) - epsilon * jnp.sum(plan)
+    return _dual_value(f, g, C, a, b, epsilon)
 
 
 @dual_cost.defjvp
 def _dual_cost_jvp(primals, tangents):
     f, g, C, a, b, epsilon = primals
     _, _, dC, da, db, deps = tangents
-    log_plan = logits(f, g, C, epsilon, a, b)
-    plan = jnp.exp(log_plan)
-    cost = jnp.vdot(f, a) + jnp.vdot(g, b) - epsilon * jnp.sum(plan)
-    entropy = jnp.sum(jnp.where(plan > 0, plan * log_plan, 0))
-    tangent = jnp.vdot(plan, dC) + jnp.vdot(f, da) + jnp.vdot(g, db) + entropy * deps
-    return cost, tangent
+    return jax.jvp(
+        lambda C, a, b, epsilon: _dual_value(f, g, C, a, b, epsilon),
+        (C, a, b, epsilon),
+        (dC, da, db, deps),
+    )
 
 
 def _finish_code(result, err, tol, stalled):
@@ -303,7 +330,7 @@ def solve_ot(
         )
     )
     n, m = problem.C.shape
-    dtype = problem.C.dtype
+    dtype = problem.a.dtype
     if init is None:
         f0, g0 = jnp.zeros(n, dtype), jnp.zeros(m, dtype)
     else:
@@ -353,9 +380,10 @@ def solve_ot(
     f_of_g = row_potential(g, C, a, b, epsilon)
     f = f_loop + (f_of_g - lax.stop_gradient(f_of_g))
     f, g = gauge(f, g, a, b)
-    plan = jnp.exp(logits(f, g, C, epsilon, a, b))
+    plan = kernel.plan(C, f, g, epsilon, a, b)
     cost = dual_cost(f, g, C, a, b, epsilon)
-    err = lax.stop_gradient(marginal_error(plan, a, b))
+    rows, cols = lax.stop_gradient(kernel.plan_sums(C, f, g, epsilon, a, b))
+    err = jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
     result = _finish_code(input_code, loop_err, tol_arr, stalled)
     stats = {**stats, "marginal_error": err}
     num_steps = sum(stats[k] for k in ("sinkhorn_steps", "newton_steps"))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from ..._checks import check_static_int
 from ..._iterate import iterate
 from ..._solution import RESULTS
+from . import _kernel as kernel
 from ._dual import INVALID_OT_INPUT, OTSolution, Problem, solve_ot
 
 __all__ = ["sinkhorn"]
@@ -20,13 +20,11 @@ def _log(x):
 def _row_lse(g, p: Problem):
     """``LSE_j((g_j - C_ij) / epsilon - 1)`` over the support of ``b``, so that
     ``log (P 1)_i = f_i / epsilon + _row_lse(g)_i``."""
-    z = jnp.where((p.b > 0)[None, :], (g[None, :] - p.C) / p.epsilon - 1, -jnp.inf)
-    return jax.nn.logsumexp(z, axis=1)
+    return kernel.row_lse(p.C, g, p.epsilon, p.b)
 
 
 def _col_lse(f, p: Problem):
-    z = jnp.where((p.a > 0)[:, None], (f[:, None] - p.C) / p.epsilon - 1, -jnp.inf)
-    return jax.nn.logsumexp(z, axis=0)
+    return kernel.col_lse(p.C, f, p.epsilon, p.a)
 
 
 def _row_error(f, lse, p: Problem):
@@ -112,7 +110,9 @@ def sinkhorn(
     log domain so that small ``epsilon`` neither overflows nor underflows.
 
     Args:
-        C: the cost matrix, ``(n, m)``.
+        C: the cost matrix, ``(n, m)``, or a :class:`PointCloud` (points and a
+            cost function: ``C`` is never formed, each step runs over blocks of
+            rows, memory ``O(n + m)`` beyond a block).
         a, b: the marginals, ``(n,)`` and ``(m,)``, non-negative with positive and
             equal sums (default: uniform, of mass 1). Zero entries are allowed
             (their row or column of the plan is zero).
@@ -143,8 +143,9 @@ def sinkhorn(
     ``3e4``, SNS does not); beyond that, use float64.
 
     Derivatives (``jvp``, ``vjp``, ``grad``, under ``jit`` and ``vmap``) with
-    respect to ``C``, ``a``, ``b`` and ``epsilon`` come from the optimality
-    condition through :func:`jaxsolve.custom_root`, not from the iterations.
+    respect to ``C`` (a :class:`PointCloud`'s points), ``a``, ``b`` and
+    ``epsilon`` come from the optimality condition through
+    :func:`jaxsolve.custom_root`, not from the iterations.
     Invalid values give ``RESULTS.invalid_input`` (``epsilon <= 0``, negative
     entries, zero mass, unequal masses) or ``RESULTS.nonfinite_input``.
     """

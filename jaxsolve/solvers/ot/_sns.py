@@ -14,13 +14,14 @@ from ..._checks import check_nonnegative, check_static_int
 from ..._iterate import iterate
 from ..._solution import RESULTS
 from ..linear import cg
+from . import _kernel as kernel
 from ._dual import (
     INVALID_OT_INPUT,
     OTSolution,
     Problem,
-    logits,
     solve_ot,
 )
+from ._pointcloud import PointCloud
 from ._sinkhorn import sinkhorn_stage
 
 __all__ = ["sinkhorn_newton_sparse"]
@@ -36,43 +37,27 @@ _SINKHORN_BLOCK = 10
 _SLOW_NEWTON = 0.5
 
 
-def _phi_sum(plan, log_plan, t):
-    """``sum_ij P_ij (exp(t_ij) - 1 - t_ij)``, without cancellation or overflow.
-
-    ``exp(t) - 1 - t`` is a Taylor polynomial for small ``|t|`` (where any
-    difference would lose its digits); elsewhere the term is
-    ``exp(log P + t) - P (1 + t)``: one exponential per entry, a relative
-    rounding error below ``1e-11`` at ``|t| >= 1e-2``, and no ``0 * inf`` where
-    ``P`` underflows but ``P exp(t)`` does not. An overflow gives ``+inf``, never
-    NaN, and so a rejected step.
-    """
-    small = jnp.abs(t) < 1e-2
-    ts = jnp.where(small, t, 0)
-    taylor = ts * ts * (0.5 + ts * (1 / 6 + ts * (1 / 24 + ts * (1 / 120 + ts / 720))))
-    tl = jnp.where(small, 0, t)
-    other = jnp.exp(log_plan + tl) - plan * (1 + tl)
-    terms = jnp.where(small, plan * taylor, other)
-    return jnp.sum(jnp.where(log_plan > -jnp.inf, terms, 0))
-
-
 class _NewtonState(NamedTuple):
+    # Nothing of size n x m: the plan is only ever reduced (see _kernel), so a
+    # point cloud's solve keeps O((n + m) k) memory.
     f: Array
     g: Array
-    log_plan: Array  # (n, m), log P at (f, g)
-    plan: Array  # (n, m), P = exp(log_plan), formed once per step
+    rows: Array  # (n,), P 1 at (f, g)
+    cols: Array  # (m,), P^T 1
     grad: Array  # (n + m,), the marginal residuals (a - P 1, b - P^T 1)
     err: Array  # their L1 norm
     stalled: Array  # the last line search failed
     cg_steps: Array
     line_search_steps: Array
     pattern: Array  # (n, k), the column indices of the sparsified Hessian
+    pattern_cost: Array  # (n, k), C at those entries
     previous_err: Array  # err before the last step
     sinkhorn_steps: Array  # Sinkhorn steps run after slow Newton steps
 
 
 def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
     n, m = p.C.shape
-    dtype = p.C.dtype
+    dtype = p.a.dtype
     mass = jnp.sum(p.a)
     vb = (p.b > 0).astype(dtype)  # the columns' support
     unit = mass / max(n, m)  # the size of a typical row or column sum of P
@@ -80,19 +65,15 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
     tiny = float(jnp.finfo(dtype).tiny)
 
     def state_at(f, g):
-        log_plan = logits(f, g, p.C, p.epsilon, p.a, p.b)
-        plan = jnp.exp(log_plan)
-        grad = jnp.concatenate([p.a - plan.sum(1), p.b - plan.sum(0)])
-        return log_plan, plan, grad, jnp.sum(jnp.abs(grad))
+        rows, cols = kernel.plan_sums(p.C, f, g, p.epsilon, p.a, p.b)
+        grad = jnp.concatenate([p.a - rows, p.b - cols])
+        return rows, cols, grad, jnp.sum(jnp.abs(grad))
 
-    def select(log_plan):
-        # The k largest entries of each row. The selection runs in float32: XLA's
-        # CPU top-k is ~10x faster there than in float64 (a measured 6 ms against
-        # 57 ms at n = 500, k = 32), and which of two nearly equal entries is kept
-        # does not matter to a sparsified Hessian.
-        return lax.top_k(log_plan.astype(jnp.float32), k)[1]
+    def select(fg):
+        # The k largest entries of each row, and their costs.
+        return kernel.select(p.C, *fg, p.epsilon, p.a, p.b, k)
 
-    def newton_direction(log_plan, plan, grad, err, idx):
+    def newton_direction(s_: _NewtonState, idx, cost):
         r"""An inexact solution of the Newton system ``M z = grad``, ``z = (x, y)``.
 
         ``M = [[D1, S], [S^T, D2]]`` is ``epsilon`` times the negative Hessian with
@@ -117,12 +98,15 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         makes it definite along ``v`` without changing the step's effect on the
         plan (a shift along ``(1, -1)``).
         """
+        grad, err = s_.grad, s_.err
         # The values of the selected entries, in the working precision.
-        s = jnp.exp(jnp.take_along_axis(log_plan, idx, axis=1))  # (n, k) ELL values
+        s = jnp.exp(
+            kernel.pattern_log_plan(s_.f, s_.g, p.epsilon, p.a, p.b, idx, cost)
+        )  # (n, k) ELL values
         # Rows (columns) off the support have no plan mass; a positive diagonal
         # there keeps the systems definite (their gradient entries are 0).
-        d1 = jnp.where(p.a > 0, plan.sum(1), unit)
-        d2 = jnp.where(p.b > 0, plan.sum(0), unit)
+        d1 = jnp.where(p.a > 0, s_.rows, unit)
+        d2 = jnp.where(p.b > 0, s_.cols, unit)
         gx, gy = grad[:n], grad[n:]
 
         def s_mul(y):  # S y, a gather: (m,) -> (n,)
@@ -173,7 +157,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         good = jnp.all(jnp.isfinite(z)) & (jnp.vdot(grad, z) > 0)
         return jnp.where(good, z, fallback), sol.num_steps
 
-    def line_search(log_plan, plan, grad, z):
+    def line_search(s_: _NewtonState, z):
         """Backtracking on the dual: accept ``alpha`` when
         ``D(z + alpha epsilon dz) - D(z) >= c alpha epsilon grad . dz``.
 
@@ -183,12 +167,15 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         down to marginal errors near machine precision (a plain difference of
         two dual values would be lost in rounding long before).
         """
-        slope = jnp.vdot(grad, z)
-        t = z[:n, None] + z[None, n:]
+        slope = jnp.vdot(s_.grad, z)
+        x, y = z[:n], z[n:]
 
         def trial(state):
             alpha, _ = state
-            gain = alpha * slope - _phi_sum(plan, log_plan, alpha * t)
+            remainder = kernel.phi_sum(
+                p.C, s_.f, s_.g, p.epsilon, p.a, p.b, alpha, x, y
+            )
+            gain = alpha * slope - remainder
             ok = gain >= _ARMIJO * alpha * slope
             return jnp.where(ok, alpha, alpha / 2), ok
 
@@ -197,7 +184,16 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         # peaked marginal the direction can be ~1e10 in a row of mass ~1e-16,
         # and halving from alpha = 1 would run out of halvings long before the
         # step became sensible (issue 12's `stagnation` family).
-        t_max = jnp.max(jnp.where(log_plan > -jnp.inf, jnp.abs(t), 0))
+        # max |x_i + y_j| over the support, from the extremes of x and y
+        # (rounding is monotone, so this equals the entrywise maximum).
+        hi = jnp.max(jnp.where(p.a > 0, x, -jnp.inf)) + jnp.max(
+            jnp.where(p.b > 0, y, -jnp.inf)
+        )
+        lo = jnp.min(jnp.where(p.a > 0, x, jnp.inf)) + jnp.min(
+            jnp.where(p.b > 0, y, jnp.inf)
+        )
+        t_max = jnp.maximum(jnp.abs(hi), jnp.abs(lo))
+        t_max = jnp.where(jnp.isfinite(t_max), t_max, 0)
         alpha0 = jnp.minimum(1, _MAX_EXPONENT_STEP / jnp.maximum(t_max, tiny))
         init = (alpha0.astype(dtype), jnp.asarray(False))
         (alpha, ok), trials = iterate(trial, lambda s: ~s[1], init, _MAX_HALVINGS)
@@ -212,11 +208,14 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         # Reselect the sparsity pattern unless the last step cut the error by
         # 10x or more: near the solution the pattern no longer moves and the
         # selection is the costliest part of a step after forming the plan.
-        pattern = lax.cond(
-            s.err > 0.1 * s.previous_err, select, lambda _: s.pattern, s.log_plan
+        pattern, pattern_cost = lax.cond(
+            s.err > 0.1 * s.previous_err,
+            select,
+            lambda _: (s.pattern, s.pattern_cost),
+            (s.f, s.g),
         )
-        z, cg_k = newton_direction(s.log_plan, s.plan, s.grad, s.err, pattern)
-        alpha, ok, trials = line_search(s.log_plan, s.plan, s.grad, z)
+        z, cg_k = newton_direction(s, pattern, pattern_cost)
+        alpha, ok, trials = line_search(s, z)
         step_ = jnp.where(ok, alpha * p.epsilon, 0) * z
         f, g = s.f + step_[:n], s.g + step_[n:]
         new = (f, g, *state_at(f, g))
@@ -249,6 +248,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
             cg_steps=s.cg_steps + cg_k,
             line_search_steps=s.line_search_steps + trials,
             pattern=pattern,
+            pattern_cost=pattern_cost,
             previous_err=s.err,
             sinkhorn_steps=s.sinkhorn_steps + sinkhorn_steps,
         )
@@ -262,6 +262,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps):
         cg_steps=zero,
         line_search_steps=zero,
         pattern=jnp.zeros((n, k), jnp.int32),
+        pattern_cost=jnp.zeros((n, k), dtype),
         previous_err=jnp.asarray(0, dtype),  # 0: the first step selects
         sinkhorn_steps=zero,
     )
@@ -289,7 +290,7 @@ def _sns_inner(warmup_steps, max_newton_steps, k, cg_rtol, cg_max_steps):
         # transposed problem is solved and its potentials swapped back.
         transpose = p.C.shape[0] < p.C.shape[1]
         if transpose:
-            p = p._replace(C=p.C.T, a=p.b, b=p.a)
+            p = p._replace(C=p.C.T, a=p.b, b=p.a)  # a PointCloud swaps x, y
             f, g = g, f
         f, g, _, n_sinkhorn = sinkhorn_stage(p, f, g, warmup_steps)
         f, g, err, stalled, n_newton, cg_steps, ls_steps, n_polish = _newton_stage(
@@ -427,8 +428,11 @@ def sinkhorn_newton_sparse(
     """
     warmup_steps = check_static_int(warmup_steps, "warmup_steps")
     max_newton_steps = check_static_int(max_newton_steps, "max_newton_steps")
-    m = jnp.shape(C)[1] if jnp.ndim(C) == 2 else 1
-    n = jnp.shape(C)[0] if jnp.ndim(C) == 2 else 1
+    if isinstance(C, PointCloud):
+        n, m = C.shape
+    else:
+        m = jnp.shape(C)[1] if jnp.ndim(C) == 2 else 1
+        n = jnp.shape(C)[0] if jnp.ndim(C) == 2 else 1
     if k is None:
         k = max(32, -(-min(n, m) // 25))
     k = check_static_int(k, "k", minimum=1)

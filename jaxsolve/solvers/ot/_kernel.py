@@ -1,0 +1,230 @@
+"""The few things the OT solvers need from the cost, for a matrix or a point cloud.
+
+The solvers never index ``C`` themselves: they call the reductions of the plan
+
+    log P_ij = (f_i + g_j - C_ij) / epsilon - 1     on the support a_i > 0, b_j > 0
+    (-inf off it)
+
+defined here. Each is written once, as a function of a block of rows of ``C``
+(``C_block (r, m)`` with the row arrays ``(r, ...)``) returning per-row outputs
+and a column (or scalar) partial result. For a matrix the block is the whole
+matrix (one call, the same arithmetic as forming ``P``); for a
+:class:`~jaxsolve.solvers.ot.PointCloud` a ``lax.scan`` runs over blocks of
+``block_size`` rows, recomputing ``C`` per block, and combines the partial
+results (a sum, or ``logaddexp`` for an online column log-sum-exp). The scan body
+is rematerialised (``jax.checkpoint``) so that linearising or transposing a pass
+(the implicit layer does both) stores the block inputs only, not the ``n x m``
+intermediates.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+from ._pointcloud import PointCloud, SparsePlan
+
+__all__ = [
+    "shape",
+    "row_lse",
+    "col_lse",
+    "plan_sums",
+    "select",
+    "pattern_log_plan",
+    "phi_sum",
+    "schur_col",
+    "total_mass",
+    "plan",
+]
+
+
+def shape(C) -> tuple[int, int]:
+    return tuple(C.shape)
+
+
+def _map_rows(C, fn, rows, col_init=None, combine=None):
+    """``fn(C_block, rows_block) -> (row_out, col_part)`` over row blocks.
+
+    ``rows``: a pytree of ``(n, ...)`` arrays, split into blocks alongside ``C``
+    (padded with zeros: each ``fn`` masks rows by a support indicator among
+    them, so that padding contributes nothing). Returns ``(row_out, col)``:
+    ``row_out`` stacked back to ``(n, ...)``, ``col`` the ``col_part``s folded
+    with ``combine`` from ``col_init``.
+    """
+    if not isinstance(C, PointCloud):
+        return fn(C, rows)
+    n = C.shape[0]
+    size = min(C.block_size, n)
+    blocks = -(-n // size)
+    pad = blocks * size - n
+
+    def split(r):
+        r = jnp.pad(r, [(0, pad)] + [(0, 0)] * (r.ndim - 1))
+        return r.reshape(blocks, size, *r.shape[1:])
+
+    # Padding rows repeat the last point (not zeros): a user's cost may not be
+    # finite at 0, and a NaN there would leak into derivatives even when masked.
+    xs = jnp.pad(C.x, ((0, pad), (0, 0)), mode="edge").reshape(blocks, size, -1)
+
+    @jax.checkpoint
+    def body(acc, block):
+        xb, rb = block
+        row_out, part = fn(C.cost_block(xb), rb)
+        return (None if combine is None else combine(acc, part)), row_out
+
+    acc, row_out = lax.scan(body, col_init, (xs, jax.tree_util.tree_map(split, rows)))
+    row_out = jax.tree_util.tree_map(
+        lambda r: r.reshape(blocks * size, *r.shape[2:])[:n], row_out
+    )
+    return row_out, acc
+
+
+def _log_plan(C, f, g, epsilon, ra, cb):
+    """``log P`` on a block, ``-inf`` off the support (potentials there are
+    masked first, so that their derivatives are 0, never ``inf * 0``)."""
+    f = jnp.where(ra, f, 0)
+    g = jnp.where(cb, g, 0)
+    z = (f[:, None] + g[None, :] - C) / epsilon - 1
+    return jnp.where(ra[:, None] & cb[None, :], z, -jnp.inf)
+
+
+def row_lse(C, g, epsilon, b) -> Array:
+    """``LSE_j((g_j - C_ij) / epsilon - 1)`` over the support of ``b``: ``(n,)``.
+    (``log (P 1)_i = f_i / epsilon + row_lse_i``; rows are not masked.)"""
+    cb = b > 0
+    gs = jnp.where(cb, g, 0)
+
+    def fn(Cb, _):
+        z = (gs[None, :] - Cb) / epsilon - 1
+        return jax.nn.logsumexp(jnp.where(cb[None, :], z, -jnp.inf), axis=1), None
+
+    return _map_rows(C, fn, jnp.zeros(shape(C)[0], g.dtype))[0]
+
+
+def col_lse(C, f, epsilon, a) -> Array:
+    """``LSE_i((f_i - C_ij) / epsilon - 1)`` over the support of ``a``: ``(m,)``,
+    for a point cloud an online log-sum-exp across row blocks."""
+    m = shape(C)[1]
+
+    def fn(Cb, rows):
+        fb, ra = rows
+        z = (jnp.where(ra, fb, 0)[:, None] - Cb) / epsilon - 1
+        return None, jax.nn.logsumexp(jnp.where(ra[:, None], z, -jnp.inf), axis=0)
+
+    init = jnp.full((m,), -jnp.inf, f.dtype)
+    return _map_rows(C, fn, (f, a > 0), init, jnp.logaddexp)[1]
+
+
+def plan_sums(C, f, g, epsilon, a, b) -> tuple[Array, Array]:
+    """``(P 1, P^T 1)``: ``(n,)``, ``(m,)``."""
+    cb = b > 0
+
+    def fn(Cb, rows):
+        fb, ra = rows
+        P = jnp.exp(_log_plan(Cb, fb, g, epsilon, ra, cb))
+        return P.sum(1), P.sum(0)
+
+    init = jnp.zeros(shape(C)[1], f.dtype)
+    return _map_rows(C, fn, (f, a > 0), init, jnp.add)
+
+
+def select(C, f, g, epsilon, a, b, k: int) -> tuple[Array, Array]:
+    """The ``k`` largest entries of each row of ``P``: their column indices
+    ``(n, k)`` int32 and their costs ``C_ij`` ``(n, k)`` (fixed while the
+    potentials move, so the entries' values follow from :func:`pattern_log_plan`
+    without another pass).
+
+    The selection runs in float32: XLA's CPU top-k is ~10x faster there than in
+    float64 (a measured 6 ms against 57 ms at n = 500, k = 32), and which of two
+    nearly equal entries is kept does not matter to a sparsified Hessian."""
+    cb = b > 0
+
+    def fn(Cb, rows):
+        fb, ra = rows
+        z = _log_plan(Cb, fb, g, epsilon, ra, cb)
+        idx = lax.top_k(z.astype(jnp.float32), k)[1]
+        return (idx, jnp.take_along_axis(Cb, idx, axis=1)), None
+
+    return _map_rows(C, fn, (f, a > 0))[0]
+
+
+def pattern_log_plan(f, g, epsilon, a, b, idx, cost) -> Array:
+    """``log P`` at the entries ``idx`` ``(n, k)`` whose costs are ``cost``."""
+    z = (f[:, None] + g[idx] - cost) / epsilon - 1
+    return jnp.where((a > 0)[:, None] & (b > 0)[idx], z, -jnp.inf)
+
+
+def phi_sum(C, f, g, epsilon, a, b, alpha, x, y) -> Array:
+    """``sum_ij P_ij phi(t_ij)``, ``phi(t) = exp(t) - 1 - t``, ``t_ij = alpha
+    (x_i + y_j)``: the line search's remainder term, without cancellation or
+    overflow.
+
+    ``exp(t) - 1 - t`` is a Taylor polynomial for small ``|t|`` (where any
+    difference would lose its digits); elsewhere the term is
+    ``exp(log P + t) - P (1 + t)``: one exponential per entry, a relative
+    rounding error below ``1e-11`` at ``|t| >= 1e-2``, and no ``0 * inf`` where
+    ``P`` underflows but ``P exp(t)`` does not. An overflow gives ``+inf``, never
+    NaN, and so a rejected step.
+    """
+    cb = b > 0
+
+    def fn(Cb, rows):
+        fb, ra, xb = rows
+        log_plan = _log_plan(Cb, fb, g, epsilon, ra, cb)
+        plan = jnp.exp(log_plan)
+        t = alpha * (xb[:, None] + y[None, :])
+        small = jnp.abs(t) < 1e-2
+        ts = jnp.where(small, t, 0)
+        series = 1 / 6 + ts * (1 / 24 + ts * (1 / 120 + ts / 720))
+        taylor = ts * ts * (0.5 + ts * series)
+        tl = jnp.where(small, 0, t)
+        other = jnp.exp(log_plan + tl) - plan * (1 + tl)
+        terms = jnp.where(small, plan * taylor, other)
+        return None, jnp.sum(jnp.where(log_plan > -jnp.inf, terms, 0))
+
+    init = jnp.zeros((), f.dtype)
+    return _map_rows(C, fn, (f, a > 0, x), init, jnp.add)[1]
+
+
+def schur_col(C, f, g, epsilon, a, b, d1) -> Array:
+    """``sum_i P_ij^2 / d1_i``: ``(m,)`` (the diagonal of ``P^T D1^{-1} P``)."""
+    cb = b > 0
+
+    def fn(Cb, rows):
+        fb, ra, d1b = rows
+        P = jnp.exp(_log_plan(Cb, fb, g, epsilon, ra, cb))
+        return None, jnp.sum(P * P / jnp.where(ra, d1b, 1)[:, None], axis=0)
+
+    init = jnp.zeros(shape(C)[1], f.dtype)
+    return _map_rows(C, fn, (f, a > 0, d1), init, jnp.add)[1]
+
+
+def total_mass(C, f, g, epsilon, a, b) -> Array:
+    """``sum_ij P_ij``."""
+    cb = b > 0
+
+    def fn(Cb, rows):
+        fb, ra = rows
+        return None, jnp.sum(jnp.exp(_log_plan(Cb, fb, g, epsilon, ra, cb)))
+
+    init = jnp.zeros((), f.dtype)
+    return _map_rows(C, fn, (f, a > 0), init, jnp.add)[1]
+
+
+def plan(C, f, g, epsilon, a, b):
+    """The plan: the ``(n, m)`` array, or for a point cloud whose ``plan`` option
+    asks for it, a :class:`SparsePlan` of its ``plan_k`` largest entries per row."""
+    if isinstance(C, PointCloud) and C.sparse_plan():
+        k = min(C.plan_k, C.shape[1])
+        idx, cost = select(C, f, g, epsilon, a, b, k)
+        values = jnp.exp(pattern_log_plan(f, g, epsilon, a, b, idx, cost))
+        return SparsePlan(idx, values, C.shape)
+    cb = b > 0
+
+    def fn(Cb, rows):
+        fb, ra = rows
+        return jnp.exp(_log_plan(Cb, fb, g, epsilon, ra, cb)), None
+
+    return _map_rows(C, fn, (f, a > 0))[0]
