@@ -144,13 +144,20 @@ def test_derivatives_of_a_jitted_ot_solve(solver):
     C = _cost_matrix()
     a, b = jnp.ones(6) / 6, jnp.ones(7) / 7
     cost = jax.jit(lambda e: solve(C, a, b, epsilon=e).cost)
-    expected = _fd(cost, 0.1)
-    np.testing.assert_allclose(jax.grad(cost)(0.1), expected, rtol=1e-6)
-    np.testing.assert_allclose(jax.jvp(cost, (0.1,), (1.0,))[1], expected, rtol=1e-6)
     plan = jax.jit(lambda e: solve(C, a, b, epsilon=e, throw=False).plan)
-    np.testing.assert_allclose(
-        jax.jvp(plan, (0.1,), (1.0,))[1], _fd(plan, 0.1), rtol=1e-5, atol=1e-10
-    )
+    # The derivatives of the jitted functions, compiled together (one XLA
+    # compilation instead of one per eager transform).
+    grad, tangent, plan_tangent = jax.jit(
+        lambda e: (
+            jax.grad(cost)(e),
+            jax.jvp(cost, (e,), (1.0,))[1],
+            jax.jvp(plan, (e,), (1.0,))[1],
+        )
+    )(0.1)
+    expected = _fd(cost, 0.1)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+    np.testing.assert_allclose(tangent, expected, rtol=1e-6)
+    np.testing.assert_allclose(plan_tangent, _fd(plan, 0.1), rtol=1e-5, atol=1e-10)
 
 
 def test_derivatives_with_a_zero_in_b():
