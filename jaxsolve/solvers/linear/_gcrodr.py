@@ -26,9 +26,16 @@ recycle space: matrix products and thin QRs only. Any recycle space keeps the
 solve correct; the exact one recycles better (measured: on a slowly varying
 indefinite sequence exact selection needed 240, 186, 186, 186 products where
 orthogonal iteration needed 281, 181, 197, 479). ``C`` and ``U`` are then formed
-through a thin SVD of ``G P`` (not a QR), so that a degenerate direction (a cycle
-that converged in fewer than ``k`` steps, say) is dropped as a zero column instead
-of dividing by a zero pivot.
+through the SVD of the triangular factor of ``G P`` (not the factor alone), so
+that a degenerate direction (a cycle that converged in fewer than ``k`` steps,
+say) is dropped as a zero column instead of dividing by a zero pivot.
+
+Cost at small ``n`` (the end of a cycle is dense work on ``(m + 1, n)`` and
+``(k, n)`` blocks plus ``m x m`` LAPACK calls, next to only ``m - k`` Arnoldi
+steps): each ``n``-long row is multiplied once per output, ``C U^T`` is carried
+from small matrices, and a given recycle space is re-orthonormalised by Gram
+passes rather than an ``(n, k)`` Householder QR; ``ritz_every`` spreads the
+refresh over several cycles.
 """
 
 from __future__ import annotations
