@@ -3,8 +3,10 @@ import os
 # Most of the test suite's time is XLA compiling many small programs, and about
 # three quarters of a CPU compilation is the LLVM backend's optimisation passes,
 # which buy nothing at test sizes: at level 0 the default run takes about a fifth
-# less time (measured: test_matrix + test_implicit, 593 -> 496 s of CPU). The
-# passes are not meant to change results (XLA:CPU uses no fast-math by default).
+# less time (measured: test_matrix + test_implicit, 593 -> 496 s of CPU). Results
+# can differ in the last bits from the default level's (contractions into fused
+# multiply-adds, the order of vectorised sums): a subprocess whose output is
+# compared bit for bit with this process's must inherit XLA_FLAGS.
 # JAXSOLVE_TEST_XLA_OPT=1 keeps XLA's default level; the benchmarks never set it.
 if os.environ.get("JAXSOLVE_TEST_XLA_OPT") != "1":
     _flags = os.environ.get("XLA_FLAGS", "")

@@ -42,9 +42,13 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Environment of the subprocess runs: one shared compilation cache."""
+    """Environment of the subprocess runs: one shared compilation cache, and
+    this process's XLA options (the test run's optimisation level, see
+    ``conftest.py``: the data are compared bit for bit, and XLA's optimisation
+    level changes the last bits) without any forced device count."""
     out = dict(os.environ)
-    out.pop("XLA_FLAGS", None)
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    out["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
     out["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
     out["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     out["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
@@ -233,7 +237,8 @@ def test_sigkill_mid_shard_then_resume_equals_uninterrupted_run(
 def test_four_devices_give_the_one_device_data(tmp_path, reference, env):
     # Every device runs the same one-group program on its own (no collective)
     # and the groups do not depend on the device count: bit-identical data.
-    four = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    four_devices = "--xla_force_host_platform_device_count=4"
+    four = {**env, "XLA_FLAGS": f"{env['XLA_FLAGS']} {four_devices}".strip()}
     run = _cli(tmp_path / "four", four)
     assert run.returncode == 0, run.stderr
     manifest = json.load(open(tmp_path / "four" / "manifest.json"))
