@@ -43,7 +43,7 @@ Cases (``eta = --eta``, default 1200, for all of them):
   is the solver's own marginal error (computed blockwise from the whole plan),
   ``|dP|`` is ``-``, and ``note`` adds the peak resident memory of the process so
   far (``ru_maxrss``, which includes what earlier cases used: run the case alone
-  to measure it). SNS uses ``--online-k`` entries per row (default 64) and
+  to measure it). SNS uses ``--online-k`` entries per row (default 256) and
   ``--online-warmup`` Sinkhorn warm-up steps (default 20).
 
 Methods:
@@ -75,10 +75,10 @@ cost per iteration, not the iteration count Sinkhorn needs. Giving ``--max-steps
 runs POT on ``points-5000``).
 
 Columns: ``n``, ``iters`` (the method's own count; for SNS, Sinkhorn + Newton
-steps, with the CG steps in ``note``), ``wall s`` (jitted methods are compiled
-ahead of time, so compilation is excluded; a first call that takes longer than 5 s
-is the one sample, otherwise the median of ``--repeats`` calls after that warm-up
-call), ``err`` (the marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` of the
+steps, with the Newton and CG steps in ``note``), ``wall s`` (jitted methods are
+compiled ahead of time, so compilation is excluded; a first call that takes longer
+than 5 s is the one sample, otherwise the median of ``--repeats`` calls after that
+warm-up call), ``err`` (the marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` of the
 returned plan, recomputed here in the same way for every method), ``|dP|``
 (max-abs difference of the plan from that of the first method in the list that
 converged, SNS unless it failed; ``-`` if none did), ``conv`` (the method's own
@@ -289,10 +289,10 @@ def build(method, eps, tol, case, max_newton_steps, block_size=256):
                 max_newton_steps=max_newton_steps,
                 throw=False,
             )
-            note = sol.stats["cg_steps"]
+            note = jnp.stack([sol.stats["newton_steps"], sol.stats["cg_steps"]])
             return plan_of(sol), sol.num_steps, sol.succeeded, note
 
-        return _with_note(_jax_method(fn), "CG steps {}")
+        return _with_note(_jax_method(fn), "Newton steps {}, CG steps {}")
     if method == "jaxsolve-sinkhorn":
 
         def fn(C, a, b):
@@ -372,7 +372,8 @@ def _with_note(prepare, template):
 
         def call_():
             plan, iters, conv, note = call()
-            return plan, iters, conv, template.format(int(note)) if template else ""
+            note = [int(v) for v in np.atleast_1d(note)]
+            return plan, iters, conv, template.format(*note) if template else ""
 
         return call_
 
@@ -424,7 +425,7 @@ def main(argv=None):
         help="online cases: epsilon relative to the largest cost",
     )
     parser.add_argument(
-        "--online-k", type=int, default=64, help="online cases: SNS entries per row"
+        "--online-k", type=int, default=256, help="online cases: SNS entries per row"
     )
     parser.add_argument(
         "--online-warmup",
@@ -445,7 +446,7 @@ def main(argv=None):
     eps = 1.0 / args.eta
 
     header = (
-        f"{'case':11} {'n':>5} {'method':18} {'iters':>7} {'wall s':>8} "
+        f"{'case':19} {'n':>5} {'method':18} {'iters':>7} {'wall s':>8} "
         f"{'err':>9} {'|dP|':>9} {'conv':>4}  note"
     )
     print(f"eta = {args.eta:g} (epsilon = {eps:.3g}), tol = {args.tol:g}")
@@ -466,7 +467,7 @@ def main(argv=None):
         if case.online:
             case.k, case.warmup = args.online_k, args.online_warmup
         n = case.n
-        prefix = f"{name:11} {n:5d}"
+        prefix = f"{name:19} {n:5d}"
         rows = []  # printed once the case is done: |dP| needs the reference
         for method in args.methods:
             if method in case.skip:
