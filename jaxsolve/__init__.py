@@ -23,6 +23,8 @@ from .solvers.linear import linear_solve as linear_solve
 from .solvers.linear import load_dcdm_model as load_dcdm_model
 from .solvers.linear import solve_family as solve_family
 from .solvers.ot import OTSolution as OTSolution
+from .solvers.ot import PointCloud as PointCloud
+from .solvers.ot import SparsePlan as SparsePlan
 from .solvers.ot import sinkhorn as sinkhorn
 from .solvers.ot import sinkhorn_newton_sparse as sinkhorn_newton_sparse
 
