@@ -146,7 +146,9 @@ def test_derivatives_of_a_jitted_ot_solve(solver):
     cost = jax.jit(lambda e: solve(C, a, b, epsilon=e).cost)
     plan = jax.jit(lambda e: solve(C, a, b, epsilon=e, throw=False).plan)
     # The derivatives of the jitted functions, compiled together (one XLA
-    # compilation instead of one per eager transform).
+    # compilation instead of one per eager transform; grad and jvp of a jitted
+    # solve called eagerly, as training code does, run for every solver in
+    # test_matrix.py's test_derivatives_of_jitted_functions).
     grad, tangent, plan_tangent = jax.jit(
         lambda e: (
             jax.grad(cost)(e),
