@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._solution import RESULTS
-from ..solvers.ot import sinkhorn, sinkhorn_newton_sparse
-from ..solvers.ot._dual import logits, marginal_error
+from ..solvers.ot import _kernel, sinkhorn, sinkhorn_newton_sparse
+from ..solvers.ot._dual import marginal_error
 from ..solvers.ot._sinkhorn import SINKHORN_MESSAGES
 from ..solvers.ot._sns import SNS_MESSAGES
 from ._registry import BadInput, SolverCase, register
@@ -42,7 +42,7 @@ def _ot_inputs(dtype):
 def _ot_residual(value, C, a, b, epsilon):
     f, g = value
     a, b = a / jnp.sum(a), b / jnp.sum(b)
-    return marginal_error(jnp.exp(logits(f, g, C, epsilon, a, b)), a, b)
+    return marginal_error(_kernel.plan(C, f, g, epsilon, a, b), a, b)
 
 
 def _perturb_ot(inputs, scale):

@@ -148,15 +148,6 @@ def prepare(C, a, b, epsilon, tol, normalize: bool) -> Problem:
     return Problem(C, a, b, epsilon, tol, result)
 
 
-def logits(f, g, C, epsilon, a, b):
-    """``log P`` for a cost matrix ``C``, with ``-inf`` on the rows/columns of
-    zero marginal entries (the solvers use :mod:`._kernel`, which also takes a
-    :class:`PointCloud`)."""
-    z = (f[:, None] + g[None, :] - C) / epsilon - 1
-    support = (a > 0)[:, None] & (b > 0)[None, :]
-    return jnp.where(support, z, -jnp.inf)
-
-
 def gauge(f, g, a, b):
     """Shift ``(f + s, g - s)`` so that ``sum f = sum g`` over the support (the
     plan is unchanged), and zero the potentials off the support."""
@@ -382,7 +373,11 @@ def solve_ot(
     f, g = gauge(f, g, a, b)
     plan = kernel.plan(C, f, g, epsilon, a, b)
     cost = dual_cost(f, g, C, a, b, epsilon)
-    rows, cols = lax.stop_gradient(kernel.plan_sums(C, f, g, epsilon, a, b))
+    if isinstance(plan, SparsePlan):  # the sums need a pass over the cloud
+        rows, cols = kernel.plan_sums(C, f, g, epsilon, a, b)
+    else:  # sum the plan just formed rather than forming it again
+        rows, cols = plan.sum(1), plan.sum(0)
+    rows, cols = lax.stop_gradient((rows, cols))
     err = jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
     result = _finish_code(input_code, loop_err, tol_arr, stalled)
     stats = {**stats, "marginal_error": err}
