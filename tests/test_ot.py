@@ -516,12 +516,15 @@ def test_grid_cost_transports_an_image():
     np.testing.assert_allclose(jnp.sum(C * sol.plan), (1 / 6) ** 2, rtol=1e-3)
 
 
-# SNS to a marginal error of 1e-9, jitted: the two failure-family tests below.
-_sns_to_1e_9 = jax.jit(
-    lambda C, a, b, eps: sinkhorn_newton_sparse(
-        C, a, b, epsilon=eps, tol=1e-9, throw=False
+# SNS to a marginal error of 1e-9, jitted: the two failure-family tests below,
+# with the default Newton directions and with the dense exact ones.
+@functools.cache
+def _sns_to_1e_9(newton_solver):
+    return jax.jit(
+        lambda C, a, b, eps: sinkhorn_newton_sparse(
+            C, a, b, epsilon=eps, tol=1e-9, newton_solver=newton_solver, throw=False
+        )
     )
-)
 
 
 def _long_row_cases():
@@ -543,9 +546,10 @@ def _long_row_cases():
     ]
 
 
-def test_sns_converges_with_few_long_rows():
+@pytest.mark.parametrize("newton_solver", ["auto", "dense"])
+def test_sns_converges_with_few_long_rows(newton_solver):
     ot = pytest.importorskip("ot")
-    solve = _sns_to_1e_9
+    solve = _sns_to_1e_9(newton_solver)
     for C, a, b, rel_eps in _long_row_cases():
         eps = rel_eps * float(np.median(C))
         sol = solve(jnp.asarray(C), jnp.asarray(a), jnp.asarray(b), eps)
@@ -595,9 +599,10 @@ def _peaked_and_zero_cases():
     ]
 
 
-def test_sns_converges_with_peaked_or_zero_marginals_at_small_epsilon():
+@pytest.mark.parametrize("newton_solver", ["auto", "dense"])
+def test_sns_converges_with_peaked_or_zero_marginals_at_small_epsilon(newton_solver):
     ot = pytest.importorskip("ot")
-    solve = _sns_to_1e_9
+    solve = _sns_to_1e_9(newton_solver)
     for C, a, b, rel_eps in _peaked_and_zero_cases():
         eps = rel_eps * float(np.median(C))
         reference = ot.sinkhorn(
@@ -608,6 +613,64 @@ def test_sns_converges_with_peaked_or_zero_marginals_at_small_epsilon():
         assert bool(sol.succeeded), (rel_eps, sol.result, sol.stats)
         assert float(marginal_error(sol.plan, a, b)) <= 2e-9
         np.testing.assert_allclose(sol.plan, reference, atol=1e-8)
+
+
+def test_sns_dense_directions_converge_on_a_degenerate_l1_grid_cost():
+    """The L1 grid cost has long rows of near ties: at epsilon = 1/1200 a row of
+    the plan spreads over more entries than ``k`` keeps, the sparsified Hessian
+    drops mass and Newton with CG slows to a linear rate (``digits-l1``, issue
+    12: stopped at 1e-7 after 200 Newton steps). ``newton_solver="auto"`` takes
+    the dense exact direction at such steps and converges; ``"cg"`` with the
+    same budget does not."""
+    ot = pytest.importorskip("ot")
+    side = 12
+    grid = np.linspace(0, 1, side)
+    xx, yy = np.meshgrid(grid, grid)
+    a = np.exp(-((xx - 0.3) ** 2 + (yy - 0.4) ** 2) / 0.02) + 1e-6
+    b = np.exp(-((xx - 0.7) ** 2 + (yy - 0.6) ** 2) / 0.05) * (1 + np.sin(6 * xx))
+    a, b = (v.ravel() / v.sum() for v in (a, b + 1e-6))
+    C = grid_cost((side, side), "l1")
+    eps = 1 / 1200
+
+    def solve(newton_solver):
+        return jax.jit(
+            lambda C, a, b: sinkhorn_newton_sparse(
+                C,
+                a,
+                b,
+                epsilon=eps,
+                tol=1e-9,
+                k=16,
+                max_newton_steps=25,
+                newton_solver=newton_solver,
+                throw=False,
+            )
+        )(C, jnp.asarray(a), jnp.asarray(b))
+
+    sparse = solve("cg")
+    assert sparse.result == RESULTS.max_steps_reached
+    assert int(sparse.stats["dense_steps"]) == 0
+    sol = solve("auto")
+    assert bool(sol.succeeded), (sol.result, sol.stats)
+    assert int(sol.stats["dense_steps"]) >= 5
+    assert int(sol.stats["newton_steps"]) <= 20
+    assert float(marginal_error(sol.plan, a, b)) <= 2e-9
+    reference = ot.sinkhorn(
+        a,
+        b,
+        np.asarray(C),
+        eps,
+        method="sinkhorn_log",
+        stopThr=1e-11,
+        numItermax=200_000,
+    )
+    np.testing.assert_allclose(sol.plan, reference, atol=1e-8)
+
+
+def test_newton_solver_is_checked():
+    C = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match="newton_solver"):
+        sinkhorn_newton_sparse(C, epsilon=0.1, newton_solver="lu")
 
 
 # A batch of SNS problems, vmapped, the batch axis sharded over 4 forced CPU

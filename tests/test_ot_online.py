@@ -63,7 +63,9 @@ def _sns_pair(cost, block_size, k, batched):
     def solve(x, y, a, b, eps):
         geom = PointCloud(x, y, cost, block_size=block_size)
         kw = dict(epsilon=eps, tol=TOL, k=k, warmup_steps=5, throw=False)
-        dense = sinkhorn_newton_sparse(geom.dense(), a, b, **kw)
+        # A point cloud's Newton directions are always CG's; the matrix's
+        # default ("auto") may take dense ones.
+        dense = sinkhorn_newton_sparse(geom.dense(), a, b, newton_solver="cg", **kw)
         online = sinkhorn_newton_sparse(geom, a, b, **kw)
         return dense, online
 
