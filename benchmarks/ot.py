@@ -289,10 +289,12 @@ def build(method, eps, tol, case, max_newton_steps, block_size=256):
                 max_newton_steps=max_newton_steps,
                 throw=False,
             )
-            note = jnp.stack([sol.stats["newton_steps"], sol.stats["cg_steps"]])
+            note = jnp.stack(
+                [sol.stats[key] for key in ("newton_steps", "dense_steps", "cg_steps")]
+            )
             return plan_of(sol), sol.num_steps, sol.succeeded, note
 
-        return _with_note(_jax_method(fn), "Newton steps {}, CG steps {}")
+        return _with_note(_jax_method(fn), "Newton steps {} ({} dense), CG steps {}")
     if method == "jaxsolve-sinkhorn":
 
         def fn(C, a, b):

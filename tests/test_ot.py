@@ -667,6 +667,30 @@ def test_sns_dense_directions_converge_on_a_degenerate_l1_grid_cost():
     np.testing.assert_allclose(sol.plan, reference, atol=1e-8)
 
 
+def test_epsilon_scaling_warm_up_saves_steps():
+    """A warm-up that halves epsilon from 8 epsilon (the default) leaves Newton
+    closer to the solution than one at epsilon throughout: fewer Newton steps
+    and fewer Sinkhorn steps after slow ones, on a 2-D cloud at eta = 1200;
+    the same solution."""
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(size=(200, 2)), 0.5 + 0.15 * rng.normal(size=(200, 2))
+    C = sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
+
+    def solve(halvings):
+        return jax.jit(
+            lambda C: sinkhorn_newton_sparse(
+                C, epsilon=1 / 1200, tol=1e-9, epsilon_scaling=halvings
+            )
+        )(C)
+
+    plain, scaled = solve(0), solve(3)
+    assert int(scaled.stats["newton_steps"]) < int(plain.stats["newton_steps"])
+    assert int(scaled.num_steps) < int(plain.num_steps)
+    np.testing.assert_allclose(scaled.plan, plain.plan, atol=1e-9)
+    with pytest.raises(ValueError, match="epsilon_scaling"):
+        sinkhorn_newton_sparse(C, epsilon=0.1, epsilon_scaling=-1)
+
+
 def test_newton_solver_is_checked():
     C = jnp.ones((3, 4))
     with pytest.raises(ValueError, match="newton_solver"):
