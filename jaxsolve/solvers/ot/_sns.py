@@ -65,6 +65,12 @@ class _NewtonState(NamedTuple):
 def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver):
     n, m = p.C.shape
     dtype = p.a.dtype
+    if solver == "auto" and dtype != jnp.float64:
+        # In float32 the dense Schur complement loses its small eigenvalues to
+        # cancellation (d2_j - sum_i P_ij^2 / d1_i of a near-permutation plan):
+        # measured on C ~ U[0, 1], n = 200, eta = 1e4, the dense steps stalled
+        # at 1e-3 where CG converges in 20 Newton steps.
+        solver = "cg"
     mass = jnp.sum(p.a)
     vb = (p.b > 0).astype(dtype)  # the columns' support
     unit = mass / max(n, m)  # the size of a typical row or column sum of P
@@ -459,12 +465,12 @@ def sinkhorn_newton_sparse(
        With ``newton_solver="auto"`` (the default), a step whose ``k`` kept
        entries per row miss more than 1e-3 of the plan's mass takes the exact
        Newton direction instead: the dense Schur complement ``D2 - P^T D1^{-1}
-       P`` factorised by Cholesky (``O(n m^2)`` a step), for a cost matrix with
-       ``max(n, m) min(n, m)^2 <= 1024^3``. That is the case of diffuse plans
-       and degenerate costs, where the sparsified Hessian slows Newton to a
-       linear rate and its ill-conditioning costs CG hundreds of steps (the L1
-       grid cost of ``digits-l1``: 200 Newton steps stopped at 1e-7 with CG, 31
-       converge to 1e-10 with the dense direction);
+       P`` factorised by Cholesky (``O(n m^2)`` a step), for a float64 cost
+       matrix with ``max(n, m) min(n, m)^2 <= 1024^3``. That is the case of
+       diffuse plans and degenerate costs, where the sparsified Hessian slows
+       Newton to a linear rate and its ill-conditioning costs CG hundreds of
+       steps (the L1 grid cost of ``digits-l1``: 200 Newton steps stopped at
+       1e-7 with CG, 18 converge to 1e-9 with the dense direction);
     3. after a Newton step that failed or cut the error by less than half (far
        from the solution, or peaked marginals that scale a few rows of the
        Hessian badly), 10 Sinkhorn steps before the next Newton step: each is an
@@ -518,11 +524,14 @@ def sinkhorn_newton_sparse(
             ``"cg"``: CG on the sparsified Hessian (the paper's method);
             ``"dense"``: the exact Hessian, formed and factorised by Cholesky at
             every step (a cost matrix only; ``O(n m^2)`` time and ``O(m^2)``
-            memory a step, whatever the plan's spread or conditioning);
+            memory a step, whatever the plan's spread or conditioning; in
+            float64: see below);
             ``"auto"``: ``"cg"``, except at a step whose top-``k`` pattern
             misses more than 1e-3 of the plan's mass, which takes the dense
-            direction when ``C`` is a matrix with ``max(n, m) min(n, m)^2 <=
-            1024^3`` (larger problems and point clouds always use ``"cg"``).
+            direction when ``C`` is a float64 matrix with ``max(n, m) min(n,
+            m)^2 <= 1024^3`` (larger problems, point clouds and float32 always
+            use ``"cg"``: in float32 the dense Schur complement loses its small
+            eigenvalues to cancellation).
             ``stats["dense_steps"]`` counts the dense steps.
         cg_rtol: relative tolerance of each CG solve; default adaptive,
             ``min(0.1, sqrt(error / mass))`` (inexact Newton with a forcing term
@@ -548,8 +557,10 @@ def sinkhorn_newton_sparse(
     epsilon <~ 1e4`` (measured on ``C ~ U[0, 1]``, ``n = 200``: ``eta = 1200``
     reaches the float32 default tolerance ``1e-5`` in 9 Newton steps, ``eta =
     1e4`` in 56; at ``3e4`` the Newton steps stall near ``1e-2``, as the
-    exponents' rounding swamps the Hessian). float64 is safe at ``eta = 1200``
-    and beyond (the paper's cases).
+    exponents' rounding swamps the Hessian; these are CG's steps: float32
+    never takes dense steps by default, and ``newton_solver="dense"`` in
+    float32 stalled at ``eta = 1e4`` on that case). float64 is safe at ``eta =
+    1200`` and beyond (the paper's cases).
 
     Differentiable like :func:`sinkhorn` (implicit function theorem on the
     optimality condition; the iterations are not differentiated).
