@@ -15,7 +15,11 @@ Methods, each one ``jax.jit(jax.vmap(solve))`` over the batch:
 * ``ott-sinkhorn``: ott-jax's ``Sinkhorn`` (log domain, its error checked every
   10 iterations) on a ``Geometry`` of the same cost matrix;
 * ``jaxsolve-sns-loop``: SNS jitted for one problem and called once per element
-  from Python (what vmap saves over a loop).
+  from Python (what vmap saves over a loop);
+* ``jaxsolve-sns-cg`` (and ``jaxsolve-sns-cg-loop``): SNS with
+  ``newton_solver="cg"``, whose vmapped Newton step does not also compute the
+  dense direction of the default ``"auto"`` (a vmapped ``lax.cond`` runs both
+  branches for every element).
 
 Printed per method and epsilon: the wall-clock of the whole batch (median of
 ``--repeats``, compilation excluded, printed apart), iterations (the largest in
@@ -52,6 +56,7 @@ def _parse():
         default=[
             "ott-sinkhorn",
             "jaxsolve-sns",
+            "jaxsolve-sns-cg",
             "jaxsolve-sinkhorn",
             "jaxsolve-sns-loop",
         ],
@@ -87,9 +92,15 @@ def problems(batch, n, seed=0):
 def method(name, eps, tol, max_steps):
     """``solve(C) -> (plan, iterations, converged)`` for one problem."""
     if name.startswith("jaxsolve-sns"):
+        # "-cg": Newton directions by CG only. Under vmap the default "auto"
+        # computes its dense direction and CG's for every element at every
+        # Newton step (a vmapped lax.cond runs both branches).
+        solver = "cg" if name.removesuffix("-loop").endswith("-cg") else "auto"
 
         def solve(C):
-            sol = sinkhorn_newton_sparse(C, epsilon=eps, tol=tol, throw=False)
+            sol = sinkhorn_newton_sparse(
+                C, epsilon=eps, tol=tol, newton_solver=solver, throw=False
+            )
             return sol.plan, sol.num_steps, sol.succeeded
 
         return solve
