@@ -173,9 +173,10 @@ def dcdm(
             definite.
         b: the right-hand side, grid-shaped: ``(N1, N2)`` or ``(N1, N2, N3)``.
         model: the network: ``None`` (the model shipped with jaxsolve for ``b``'s
-            number of dimensions, trained on the 64x64 Laplacian), a path to a
-            weights file (:func:`jaxsolve.load_dcdm_model`), a
-            :class:`jaxsolve.DCDMNet`, or any function ``r -> q`` on grids.
+            number of dimensions, trained on the obstacle-free Laplacian, 64x64
+            in 2-D and 16x16x16 in 3-D), a path to a weights file
+            (:func:`jaxsolve.load_dcdm_model`), a :class:`jaxsolve.DCDMNet`, or
+            any function ``r -> q`` on grids.
         rtol, atol: relative and absolute tolerances (non-negative).
         max_steps: iteration cap (default 1000).
         x0: initial guess of ``b``'s shape (default zeros).
