@@ -687,6 +687,9 @@ def test_epsilon_scaling_warm_up_saves_steps():
     assert int(scaled.stats["newton_steps"]) < int(plain.stats["newton_steps"])
     assert int(scaled.num_steps) < int(plain.num_steps)
     np.testing.assert_allclose(scaled.plan, plain.plan, atol=1e-9)
+    # A warm start skips the scaling: from a converged solution, no steps at all.
+    again = sinkhorn_newton_sparse(C, epsilon=1 / 1200, tol=1e-9, init=scaled.value)
+    assert int(again.num_steps) == 0
     with pytest.raises(ValueError, match="epsilon_scaling"):
         sinkhorn_newton_sparse(C, epsilon=0.1, epsilon_scaling=-1)
 
