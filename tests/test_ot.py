@@ -650,6 +650,8 @@ def test_sns_dense_directions_converge_on_a_degenerate_l1_grid_cost():
     sparse = solve("cg")
     assert sparse.result == RESULTS.max_steps_reached
     assert int(sparse.stats["dense_steps"]) == 0
+    # The diagnostic that says k is too small: the pattern misses > 1e-3.
+    assert float(sparse.stats["dropped_mass"]) > 1e-3
     sol = solve("auto")
     assert bool(sol.succeeded), (sol.result, sol.stats)
     assert int(sol.stats["dense_steps"]) >= 5
