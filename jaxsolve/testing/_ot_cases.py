@@ -111,6 +111,7 @@ def _sns(C, a, b, epsilon, throw=True):
         tol=_tol(C.dtype),
         warmup_steps=5,
         k=8,
+        newton_solver="cg",  # the paper's sparse steps ("auto": dense here)
         normalize=True,
         throw=throw,
     )
