@@ -95,7 +95,30 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
         # The k largest entries of each row, and their costs.
         return kernel.select(p.C, *fg, p.epsilon, p.a, p.b, k)
 
-    def newton_direction(s_: _NewtonState, idx, cost):
+    def diagonals(s_: _NewtonState):
+        """``(D1, D2)``, the plan's row and column sums. Rows (columns) off the
+        support have no plan mass; a positive diagonal there keeps the systems
+        definite (their gradient entries are 0)."""
+        return jnp.where(p.a > 0, s_.rows, unit), jnp.where(p.b > 0, s_.cols, unit)
+
+    def null_weight(t_diag):
+        """``kappa`` of the ``kappa v v^T`` term (``v = vb``), scaled like the
+        Schur complement's diagonal ``t_diag`` (see :func:`newton_direction`)."""
+        return jnp.vdot(vb, t_diag) / jnp.maximum(jnp.vdot(vb, vb), 1) ** 2
+
+    def off_null(h):
+        """``h`` projected onto the complement of ``v = vb``."""
+        return h - vb * jnp.vdot(vb, h) / jnp.maximum(jnp.vdot(vb, vb), 1)
+
+    def guarded(z, grad, d1, d2):
+        """``z``, unless it is non-finite or not an ascent direction (a CG
+        breakdown, a failed factorisation): then the Jacobi-scaled gradient.
+        (A CG iterate stopped early is still an ascent direction in practice.)"""
+        fallback = grad / jnp.concatenate([d1, d2])
+        good = jnp.all(jnp.isfinite(z)) & (jnp.vdot(grad, z) > 0)
+        return jnp.where(good, z, fallback)
+
+    def newton_direction(s_: _NewtonState, idx, s):
         r"""An inexact solution of the Newton system ``M z = grad``, ``z = (x, y)``.
 
         ``M = [[D1, S], [S^T, D2]]`` is ``epsilon`` times the negative Hessian with
@@ -119,16 +142,12 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
         v^T`` is added to ``T`` (``kappa`` scaled like ``T``'s diagonal), which
         makes it definite along ``v`` without changing the step's effect on the
         plan (a shift along ``(1, -1)``).
+
+        ``idx`` and ``s`` are the pattern's column indices and values, ``(n,
+        k)`` (ELL).
         """
         grad, err = s_.grad, s_.err
-        # The values of the selected entries, in the working precision.
-        s = jnp.exp(
-            kernel.pattern_log_plan(s_.f, s_.g, p.epsilon, p.a, p.b, idx, cost)
-        )  # (n, k) ELL values
-        # Rows (columns) off the support have no plan mass; a positive diagonal
-        # there keeps the systems definite (their gradient entries are 0).
-        d1 = jnp.where(p.a > 0, s_.rows, unit)
-        d2 = jnp.where(p.b > 0, s_.cols, unit)
+        d1, d2 = diagonals(s_)
         gx, gy = grad[:n], grad[n:]
 
         def s_mul(y):  # S y, a gather: (m,) -> (n,)
@@ -147,13 +166,12 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
         # Rounding can leave a tiny or negative diagonal where one entry carries
         # a whole row; the Jacobi scaling uses a floor there.
         t_diag = jnp.maximum(t_diag, eps_dtype * dq)
-        kappa = jnp.vdot(vq, t_diag) / jnp.maximum(jnp.vdot(vq, vq), 1) ** 2
+        kappa = null_weight(t_diag)
 
         def schur(q):
             return dq * q - at_mul(a_mul(q) / dp) + kappa * vq * jnp.vdot(vq, q)
 
-        h = gq - at_mul(gp / dp)
-        h = h - vq * jnp.vdot(vq, h) / jnp.maximum(jnp.vdot(vq, vq), 1)
+        h = off_null(gq - at_mul(gp / dp))
         if cg_rtol is None:
             # Inexact Newton with the forcing term sqrt(relative marginal error):
             # superlinear convergence, without oversolving the early steps.
@@ -170,14 +188,8 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
             throw=False,
         )
         q = sol.value
-        pvec = (gp - a_mul(q)) / dp
-        z = jnp.concatenate([pvec, q])
-        # A CG iterate stopped early is still an ascent direction in practice;
-        # a non-finite one or one that is not (a breakdown) is replaced by the
-        # Jacobi-scaled gradient.
-        fallback = grad / jnp.concatenate([d1, d2])
-        good = jnp.all(jnp.isfinite(z)) & (jnp.vdot(grad, z) > 0)
-        return jnp.where(good, z, fallback), sol.num_steps
+        z = jnp.concatenate([(gp - a_mul(q)) / dp, q])
+        return guarded(z, grad, d1, d2), sol.num_steps
 
     def dense_direction(s_: _NewtonState):
         r"""The exact Newton direction, by a dense Cholesky factorisation.
@@ -193,28 +205,22 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
         """
         grad = s_.grad
         P = kernel.plan(p.C, s_.f, s_.g, p.epsilon, p.a, p.b)
-        dp = jnp.where(p.a > 0, s_.rows, unit)
-        dq = jnp.where(p.b > 0, s_.cols, unit)
+        dp, dq = diagonals(s_)
         gp, gq = grad[:n], grad[n:]
-        vq = vb
         T = jnp.diag(dq) - P.T @ (P / dp[:, None])
         diag = jnp.maximum(jnp.diagonal(T), eps_dtype * dq)
-        kappa = jnp.vdot(vq, diag) / jnp.maximum(jnp.vdot(vq, vq), 1) ** 2
-        T = T + kappa * jnp.outer(vq, vq)
-        h = gq - (gp / dp) @ P
-        h = h - vq * jnp.vdot(vq, h) / jnp.maximum(jnp.vdot(vq, vq), 1)
-        scale = lax.rsqrt(diag + kappa * vq * vq)
+        kappa = null_weight(diag)
+        T = T + kappa * jnp.outer(vb, vb)
+        h = off_null(gq - (gp / dp) @ P)
+        scale = lax.rsqrt(diag + kappa * vb * vb)
         # A ridge of a few ulps on the Jacobi-scaled matrix: rounding in the
         # subtraction can leave a nearly disconnected plan's second null
         # direction slightly negative, which would fail the factorisation.
         scaled = scale[:, None] * T * scale[None, :]
         L = jnp.linalg.cholesky(scaled + 10 * eps_dtype * jnp.eye(m, dtype=dtype))
         q = scale * jax.scipy.linalg.cho_solve((L, True), scale * h)
-        pvec = (gp - P @ q) / dp
-        z = jnp.concatenate([pvec, q])
-        fallback = grad / jnp.concatenate([dp, dq])
-        good = jnp.all(jnp.isfinite(z)) & (jnp.vdot(grad, z) > 0)
-        return jnp.where(good, z, fallback), jnp.asarray(0, jnp.int32)
+        z = jnp.concatenate([(gp - P @ q) / dp, q])
+        return guarded(z, grad, dp, dq), jnp.asarray(0, jnp.int32)
 
     def line_search(s_: _NewtonState, z):
         """Backtracking on the dual: accept ``alpha`` when
@@ -279,7 +285,9 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
                 lambda _: (s.pattern, s.pattern_cost),
                 (s.f, s.g),
             )
-            # The fraction of the plan's mass the pattern misses.
+            # The pattern's values, in the working precision (the costs are
+            # fixed, so they follow from the potentials without a pass over C),
+            # and the fraction of the plan's mass the pattern misses.
             kept = jnp.exp(
                 kernel.pattern_log_plan(
                     s.f, s.g, p.epsilon, p.a, p.b, pattern, pattern_cost
@@ -288,7 +296,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
             rows_mass = jnp.sum(jnp.where(p.a > 0, s.rows, 0))
             dropped = jnp.clip(1 - jnp.sum(kept) / jnp.maximum(rows_mass, tiny), 0, 1)
             if solver == "cg":
-                z, cg_k = newton_direction(s, pattern, pattern_cost)
+                z, cg_k = newton_direction(s, pattern, kept)
                 dense_k = jnp.asarray(0, jnp.int32)
             else:
                 # "auto": the exact direction when the pattern misses more than
@@ -301,7 +309,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
                     newton_direction,
                     s,
                     pattern,
-                    pattern_cost,
+                    kept,
                 )
                 dense_k = use_dense.astype(jnp.int32)
         alpha, ok, trials = line_search(s, z)
@@ -359,19 +367,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
         previous_err=jnp.asarray(0, dtype),  # 0: the first step selects
         sinkhorn_steps=zero,
     )
-    s, num_steps = iterate(step, keep_going, init, max_steps)
-    return (
-        s.f,
-        s.g,
-        s.err,
-        s.stalled,
-        num_steps,
-        s.cg_steps,
-        s.dense_steps,
-        s.dropped_mass,
-        s.line_search_steps,
-        s.sinkhorn_steps,
-    )
+    return iterate(step, keep_going, init, max_steps)  # (final state, steps)
 
 
 def _sns_inner(
@@ -394,24 +390,22 @@ def _sns_inner(
         halvings = epsilon_scaling if warmup_steps > 0 else 0
         per_level = max(1, -(-warmup_steps // (halvings + 1)))
         f, g, _, n_sinkhorn = sinkhorn_stage(p, f, g, warmup_steps, halvings, per_level)
-        f, g, err, stalled, n_newton, cg_steps, dense_steps, dropped, *rest = (
-            _newton_stage(p, f, g, k, max_newton_steps, cg_rtol, cg_max_steps, solver)
+        s, n_newton = _newton_stage(
+            p, f, g, k, max_newton_steps, cg_rtol, cg_max_steps, solver
         )
-        ls_steps, n_polish = rest
-        if transpose:
-            f, g = g, f
+        f, g = (s.g, s.f) if transpose else (s.f, s.g)
         stats = {
             # The warm-up's and those run after slow Newton steps.
-            "sinkhorn_steps": n_sinkhorn + n_polish,
+            "sinkhorn_steps": n_sinkhorn + s.sinkhorn_steps,
             "newton_steps": n_newton,
-            "cg_steps": cg_steps,
-            "dense_steps": dense_steps,
+            "cg_steps": s.cg_steps,
+            "dense_steps": s.dense_steps,
             # Of the last Newton step's top-k pattern (0 for a dense step): a
             # large value with max_steps_reached says k is too small.
-            "dropped_mass": dropped,
-            "line_search_steps": ls_steps,
+            "dropped_mass": s.dropped_mass,
+            "line_search_steps": s.line_search_steps,
         }
-        return f, g, err, stalled, stats
+        return f, g, s.err, s.stalled, stats
 
     return inner
 
@@ -509,9 +503,9 @@ def sinkhorn_newton_sparse(
             ``>= 0``; default 3): the warm-up's steps are split evenly over
             ``epsilon 2^J, 2^(J-1), ..., 1`` (``J = epsilon_scaling``), so
             Newton starts from a dual that has moved by whole cost scales.
-            Measured at ``eta = 1200`` (``benchmarks/ot.py``, one core):
-            ``points-2000`` 2.6 s to 1.4 s (10 to 8 Newton steps, 70 to 40
-            Sinkhorn steps), ``digits-l1`` 3.1 s to 2.4 s, the random
+            Measured at ``eta = 1200`` (``benchmarks/ot.py``'s cases, one core):
+            ``points-2000`` 2.3 s to 1.4 s (10 to 8 Newton steps, 70 to 40
+            Sinkhorn steps), ``digits-l1`` 2.9 s to 2.3 s, the random
             assignment 6 to 5 Newton steps. ``0``: a plain warm-up at
             ``epsilon``, which is also what a warm start (``init``) gets.
         max_newton_steps: cap on Newton steps (static).
@@ -606,7 +600,7 @@ def sinkhorn_newton_sparse(
         )
     solver = newton_solver
     # The dense step's product costs n m^2 (m the short side): allowed up to
-    # _DENSE_MAX^3, about 2 GFLOP, a few tens of ms on a CPU core.
+    # _DENSE_MAX^3, about 2 GFLOP a step.
     if solver == "auto" and (
         isinstance(C, PointCloud) or max(n, m) * min(n, m) ** 2 > _DENSE_MAX**3
     ):
