@@ -17,14 +17,23 @@ def _log(x):
     return jnp.log(jnp.where(x > 0, x, 1))
 
 
-def _row_lse(g, p: Problem):
+def _row_lse(g, p: Problem, f=None):
     """``LSE_j((g_j - C_ij) / epsilon - 1)`` over the support of ``b``, so that
-    ``log (P 1)_i = f_i / epsilon + _row_lse(g)_i``."""
-    return kernel.row_lse(p.C, g, p.epsilon, p.b)
+    ``log (P 1)_i = f_i / epsilon + _row_lse(g)_i``. With ``f``, the value that
+    would make ``P 1 = a``, ``log a - f / epsilon``, is the kernel's guess (one
+    pass over ``C`` instead of two while the rows are close to their marginal)."""
+    if f is None:
+        return kernel.row_lse(p.C, g, p.epsilon, p.b)
+    guess = jnp.where(p.a > 0, _log(p.a) - f / p.epsilon, 0)
+    return kernel.row_lse(p.C, g, p.epsilon, p.b, guess, p.a > 0)
 
 
-def _col_lse(f, p: Problem):
-    return kernel.col_lse(p.C, f, p.epsilon, p.a)
+def _col_lse(f, p: Problem, g=None):
+    """The column counterpart of :func:`_row_lse`, ``g`` giving the guess."""
+    if g is None:
+        return kernel.col_lse(p.C, f, p.epsilon, p.a)
+    guess = jnp.where(p.b > 0, _log(p.b) - g / p.epsilon, 0)
+    return kernel.col_lse(p.C, f, p.epsilon, p.a, guess, p.b > 0)
 
 
 def _row_error(f, lse, p: Problem):
@@ -62,7 +71,7 @@ def sinkhorn_stage(p: Problem, f, g, max_steps, halvings: int = 0, per_level=1):
         return p._replace(epsilon=eps_at(t))
 
     t0 = jnp.asarray(0, jnp.int32)
-    lse = _row_lse(g, at(t0))
+    lse = _row_lse(g, at(t0), f)
     ok = p.result == RESULTS.successful
 
     def keep_going(state):
@@ -74,9 +83,10 @@ def sinkhorn_stage(p: Problem, f, g, max_steps, halvings: int = 0, per_level=1):
         _, g, lse, _, t = state
         q = at(t)
         f = jnp.where(p.a > 0, q.epsilon * (_log(p.a) - lse), 0)
-        g = jnp.where(p.b > 0, q.epsilon * (_log(p.b) - _col_lse(f, q)), 0)
+        # The potential being replaced guesses each log-sum-exp (see _row_lse).
+        g = jnp.where(p.b > 0, q.epsilon * (_log(p.b) - _col_lse(f, q, g)), 0)
         q = at(t + 1)
-        lse = _row_lse(g, q)
+        lse = _row_lse(g, q, f)
         return f, g, lse, _row_error(f, lse, q), t + 1
 
     q = at(t0)
@@ -86,12 +96,14 @@ def sinkhorn_stage(p: Problem, f, g, max_steps, halvings: int = 0, per_level=1):
 
 
 def _col_error(f, g, p: Problem):
-    cols = jnp.exp(g / p.epsilon + _col_lse(f, p))
+    cols = jnp.exp(g / p.epsilon + _col_lse(f, p, g))
     return jnp.sum(jnp.where(p.b > 0, jnp.abs(cols - p.b), 0))
 
 
 def _sinkhorn_inner(max_steps):
     def inner(p: Problem, f, g):
+        # Column passes as row passes of a transposed copy (kernel.BothLayouts).
+        p = p._replace(C=kernel.both_layouts(p.C))
         f, g, err, num_steps = sinkhorn_stage(p, f, g, max_steps)
         stats = {
             "sinkhorn_steps": num_steps,

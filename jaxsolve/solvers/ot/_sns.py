@@ -385,6 +385,8 @@ def _sns_inner(
         if transpose:
             p = p._replace(C=p.C.T, a=p.b, b=p.a)  # a PointCloud swaps x, y
             f, g = g, f
+        # Column passes as row passes of a transposed copy (kernel.BothLayouts).
+        p = p._replace(C=kernel.both_layouts(p.C))
         # Epsilon scaling: the warm-up's steps split evenly over epsilon
         # 2^J, ..., 2, 1 (the last share at the problem's own epsilon).
         halvings = epsilon_scaling if warmup_steps > 0 else 0
