@@ -178,6 +178,11 @@ def sinkhorn(
     ``eta = 1200`` and ``1e4`` converge; Sinkhorn still reaches ``1e-4`` at
     ``3e4``, SNS does not); beyond that, use float64.
 
+    Memory: a cost matrix of ``2^16`` entries or more is copied once, transposed,
+    for the solve (here and in :func:`sinkhorn_newton_sparse`), so that every pass
+    reads along rows (about 2x faster per step on a CPU); a point cloud
+    (:class:`~jaxsolve.solvers.ot.PointCloud`) never forms a matrix at all.
+
     Derivatives (``jvp``, ``vjp``, ``grad``, under ``jit`` and ``vmap``) with
     respect to ``C`` (a :class:`PointCloud`'s points), ``a``, ``b`` and
     ``epsilon`` come from the optimality condition through
