@@ -706,6 +706,98 @@ def test_newton_solver_is_checked():
         sinkhorn_newton_sparse(C, epsilon=0.1, newton_solver="lu")
 
 
+def _large_matrix_problem(dtype=np.float64):
+    """170 x 400 (68,000 entries, above the kernel's 2^16: the solvers hold the
+    matrix in both layouts and run the vectorised passes of ``_kernel``), n < m
+    (SNS transposes), zeros in both marginals and a peaked one, costs up to
+    about 1,000 with epsilon 2e-3 of the largest (so that the first one-pass
+    log-sum-exps, guessed from zero potentials, fall back to two passes)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(170, 2))
+    y = rng.normal(0.5, 0.2, size=(400, 2))
+    C = 1e3 * np.asarray(sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y)))
+    a = rng.dirichlet(np.full(170, 0.3))
+    a[:3] = 0
+    b = np.full(400, 1.0)
+    b[-5:] = 0
+    a, b = a / a.sum(), b / b.sum()
+    return C.astype(dtype), a.astype(dtype), b.astype(dtype), 2e-3 * float(C.max())
+
+
+def _marginal_error_of_potentials(C, a, b, eps, f, g):
+    """The L1 marginal error of the plan of ``(f, g)``, in NumPy (float64)."""
+    f, g = np.asarray(f, np.float64), np.asarray(g, np.float64)
+    log_plan = (f[:, None] + g[None, :] - np.asarray(C, np.float64)) / eps - 1
+    plan = np.where((a > 0)[:, None] & (b > 0)[None, :], np.exp(log_plan), 0)
+    return np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
+
+
+def _tol(C):
+    return 1e-9 if C.dtype == jnp.float64 else 1e-5
+
+
+_LARGE_MATRIX_SOLVERS = {
+    "sinkhorn": lambda C, a, b, eps: sinkhorn(
+        C, a, b, epsilon=eps, tol=_tol(C), max_steps=5000, throw=False
+    ),
+    "sns-cg": lambda C, a, b, eps: sinkhorn_newton_sparse(
+        C, a, b, epsilon=eps, tol=_tol(C), newton_solver="cg", throw=False
+    ),
+    "sns": lambda C, a, b, eps: sinkhorn_newton_sparse(
+        C, a, b, epsilon=eps, tol=_tol(C), throw=False
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ["sinkhorn", "sns-cg"])
+def test_large_matrix_passes_reach_the_tolerance(name):
+    """The large-matrix passes (transposed copy, one-pass log-sum-exps with
+    their fallback) on a hostile problem: the returned potentials, checked
+    independently in NumPy, meet the tolerance."""
+    C, a, b, eps = _large_matrix_problem()
+    sol = jax.jit(_LARGE_MATRIX_SOLVERS[name])(C, a, b, eps)
+    assert bool(sol.succeeded), (sol.result, sol.stats)
+    error = _marginal_error_of_potentials(C, a, b, eps, *sol.value)
+    assert error <= 1.5e-9, error
+    np.testing.assert_allclose(float(sol.residual), error, rtol=1e-3, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sinkhorn", "sns-cg", "sns"])
+@pytest.mark.parametrize("variant", ["float64", "float32", "vmap"])
+def test_large_matrix_passes_equal_the_plain_ones(name, variant, monkeypatch):
+    """The same problems through the plain kernel (the 2^16 threshold raised):
+    equal codes, step counts within one, plans equal to well within the
+    tolerance (rounding differs, so the last step may too); also in float32 and
+    under vmap (where the fallback's lax.cond runs both branches)."""
+    import jaxsolve.solvers.ot._kernel as kernel
+
+    dtype = np.float32 if variant == "float32" else np.float64
+    C, a, b, eps = _large_matrix_problem(dtype)
+    solve = _LARGE_MATRIX_SOLVERS[name]
+    if variant == "float32":
+        eps = 2e-2 * float(C.max())  # max|C| / epsilon = 50: within float32's reach
+    if variant == "vmap":
+        batch = np.stack([C, C[:, ::-1].copy()])
+
+        def solve(C, a, b, eps):
+            return jax.vmap(lambda C: _LARGE_MATRIX_SOLVERS[name](C, a, b, eps))(C)
+
+        C = batch
+    results = []
+    for threshold in (2**16, 2**62):
+        monkeypatch.setattr(kernel, "_BOTH_LAYOUTS_MIN", threshold)
+        # A fresh function each time: jit caches by function, not by the
+        # module attribute the trace reads.
+        results.append(jax.jit(lambda *args: solve(*args))(C, a, b, eps))
+    large, plain = results
+    np.testing.assert_array_equal(large.result._value, plain.result._value)
+    assert bool(jnp.all(large.succeeded)), large.stats
+    assert np.all(np.abs(np.asarray(large.num_steps) - plain.num_steps) <= 1)
+    atol = 1e-7 if variant == "float32" else 1e-11
+    np.testing.assert_allclose(large.plan, plain.plan, rtol=0, atol=atol)
+
+
 # A batch of SNS problems, vmapped, the batch axis sharded over 4 forced CPU
 # devices: runs in a subprocess (the device count is fixed when JAX starts).
 _BATCH_SCRIPT = r"""
