@@ -30,8 +30,8 @@ exponents are written with broadcast vectors only (:func:`_exponent_parts`), the
 form that XLA's vectorised CPU reductions (``__ynn_fusion``, which postdate the
 point-cloud measurements above) fuse whole; Sinkhorn's log-sum-exps there take
 the previous potential as their stabiliser (:func:`row_lse`). Measured on one
-core at ``n = m = 5000``: a Sinkhorn step 217 ms before, 110 ms after; SNS on
-``benchmarks/ot.py``'s ``points-5000`` 12.9 s to 8.1 s.
+core at ``n = m = 5000``: a Sinkhorn step 217 ms before, 85-110 ms after; SNS on
+``benchmarks/ot.py``'s ``points-5000`` 12.9 s to 8.1-8.6 s.
 """
 
 from __future__ import annotations
@@ -202,8 +202,9 @@ def _exponent_parts(f, g, epsilon, ra, cb):
     with its ``exp``, vectorised) take elementwise arithmetic with broadcast
     *vectors*, but not a per-entry select (``where``) nor a broadcast scalar
     constant (``1 / epsilon``, ``-1``); either made XLA write the whole ``n x m``
-    block out before each reduction (measured in a Sinkhorn loop at
-    ``n = m = 5000``: 217 ms a step, 82 ms with this form). ``w`` is written
+    block out before each reduction (a Sinkhorn step at ``n = m = 5000`` took
+    217 ms; with this form, the transposed copy and the one-pass log-sum-exps
+    of :func:`row_lse`, 85-110 ms, on one core). ``w`` is written
     ``1 / epsilon + 0 g`` to be a vector that depends on the loop state, so that
     XLA does not hoist ``C w`` out of a loop as another ``n x m`` array.
     ``f`` and ``g`` are masked before the division so that their derivatives
