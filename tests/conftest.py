@@ -17,3 +17,26 @@ import jax  # noqa: E402  (XLA reads XLA_FLAGS when its backend starts)
 
 # Tests run in float64; float32 cases ask for it explicitly.
 jax.config.update("jax_enable_x64", True)
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every XLA CPU executable keeps memory mappings for its code while it is
+    cached, and a process may hold at most ``vm.max_map_count`` (65,530 by
+    default on Linux) mappings. A single-process run of the whole suite reached
+    it (measured: 64,635 mappings at 4.5 GB, then a segfault or abort inside
+    XLA's compiler in ``test_matrix.py``); two xdist workers each stay under it,
+    but with a shrinking margin as the suite grows. Test modules share their
+    compiled functions within the module, so clearing here recompiles little.
+    (Training code that compiles thousands of programs in one process can hit
+    the same limit: raise ``vm.max_map_count`` or call ``jax.clear_caches()``.)"""
+    yield
+    jax.clear_caches()
+    gc.collect()
