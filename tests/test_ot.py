@@ -710,18 +710,30 @@ def _large_matrix_problem(dtype=np.float64):
     """170 x 400 (68,000 entries, above the kernel's 2^16: the solvers hold the
     matrix in both layouts and run the vectorised passes of ``_kernel``), n < m
     (SNS transposes), zeros in both marginals and a peaked one, costs up to
-    about 1,000 with epsilon 2e-3 of the largest (so that the first one-pass
-    log-sum-exps, guessed from zero potentials, fall back to two passes)."""
+    about 1,000 with epsilon 2e-3 of the largest, shifted by a constant of 4,000
+    epsilon (which leaves the plan unchanged) so that the first one-pass
+    log-sum-exps, guessed from zero potentials, are out of range and fall back
+    to two passes (checked below)."""
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(170, 2))
     y = rng.normal(0.5, 0.2, size=(400, 2))
     C = 1e3 * np.asarray(sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y)))
+    eps = 2e-3 * float(C.max())
+    C = C + 4000 * eps
     a = rng.dirichlet(np.full(170, 0.3))
     a[:3] = 0
     b = np.full(400, 1.0)
     b[-5:] = 0
     a, b = a / a.sum(), b / b.sum()
-    return C.astype(dtype), a.astype(dtype), b.astype(dtype), 2e-3 * float(C.max())
+    # The first guess (zero potentials, see _sinkhorn._row_lse) leaves the
+    # kernel's range [sqrt(tiny), 1 / sqrt(tiny)] on active rows, at epsilon
+    # and at the warm-up's 8 epsilon.
+    tiny = np.finfo(np.float64).tiny
+    for e in (eps, 8 * eps):
+        with np.errstate(divide="ignore"):
+            sums = np.exp(-C / e - 1 - np.log(a)[:, None]).sum(1)
+        assert np.any((a > 0) & (sums < tiny**0.5)), e
+    return C.astype(dtype), a.astype(dtype), b.astype(dtype), eps
 
 
 def _marginal_error_of_potentials(C, a, b, eps, f, g):

@@ -296,7 +296,8 @@ def col_lse(C, f, epsilon, a, guess=None, active=None) -> Array:
 
 
 def _row_sums(C, f, g, epsilon, a, b) -> Array:
-    """``P 1`` of a plain matrix (one row pass)."""
+    """``P 1`` of one layout of a :class:`BothLayouts` (one vectorised row
+    pass)."""
     return jnp.exp(_log_plan(C, f, g, epsilon, a > 0, b > 0, True)).sum(1)
 
 
@@ -304,12 +305,11 @@ def plan_sums(C, f, g, epsilon, a, b) -> tuple[Array, Array]:
     """``(P 1, P^T 1)``: ``(n,)``, ``(m,)``."""
     if isinstance(C, BothLayouts):
         return _row_sums(C.C, f, g, epsilon, a, b), _row_sums(C.Ct, g, f, epsilon, b, a)
-    vector_form = False
     cb = b > 0
 
     def fn(Cb, rows, fast):
         fb, ra = rows
-        P = jnp.exp(_log_plan(Cb, fb, g, epsilon, ra, cb, vector_form))
+        P = jnp.exp(_log_plan(Cb, fb, g, epsilon, ra, cb))
         P = _barrier(P) if fast else P
         return _row_sum(P, fast), _col_sum(P, fast)
 
