@@ -19,6 +19,12 @@ Sections (``--sections kernel darcy helmholtz``):
 * ``helmholtz``: 20 Helmholtz systems (100x100 grid, variable wavenumber,
   ``omega = 20``, indefinite), rtol 1e-7, same columns; GMRES is capped at
   ``--helmholtz-cap`` products a system (reported as not converged).
+* ``helmholtz-probe``: how far GMRES(40) is from converging on those systems
+  (the cap above hides it): jaxsolve GMRES(40) on the first ``--probe-systems``
+  Helmholtz systems with a cap of ``--probe-cap`` products each, its final
+  relative residual, against the products GCRO-DR(40, 20) spends per system in
+  the sorted chain (and alone, without recycling), for issue 8's "20x fewer
+  products than GMRES(40)".
 
 Timing: jaxsolve functions are jitted and run once first (compilation excluded);
 every wall-clock figure is the median of ``--repeats`` calls (scipy's gmres, the
@@ -227,6 +233,65 @@ def family_table(
     return results
 
 
+def helmholtz_probe(fam, rtol, m, k, systems, cap):
+    """GMRES(m) with a large cap on the first ``systems`` systems, and GCRO-DR's
+    products on the same systems (sorted chain over the whole family; alone)."""
+    gm = jax.jit(
+        jax.vmap(
+            lambda p: jaxsolve.gmres(
+                fam.make_operator(p),
+                fam.b,
+                restart=m,
+                rtol=rtol,
+                max_steps=cap,
+                throw=False,
+            )
+        )
+    )
+    alone = jax.jit(
+        jax.vmap(
+            lambda p: jaxsolve.gcrodr(
+                fam.make_operator(p), fam.b, m=m, k=k, rtol=rtol, throw=False
+            )
+        )
+    )
+    chain = jax.jit(
+        lambda ps: solve_family(
+            fam.make_operator, ps, fam.b, m=m, k=k, rtol=rtol, throw=False
+        )
+    )
+    head = fam.params[:systems]
+    bnorm = float(jnp.linalg.norm(fam.b))
+    start = time.perf_counter()
+    g = jax.block_until_ready(gm(head))
+    g_sec = time.perf_counter() - start
+    a = jax.block_until_ready(alone(head))
+    c = jax.block_until_ready(chain(fam.params))
+    chain_mv = np.asarray(c.stats["matvecs"])
+    print(
+        f"\nHelmholtz probe: GMRES({m}) capped at {cap} products on the first "
+        f"{systems} of {fam.num} systems ({fam.n}x{fam.n}, rtol {rtol:g}; "
+        f"GMRES wall {g_sec:.1f} s incl. compile)"
+    )
+    print(
+        f"{'system':>6}{'gmres mv':>10}{'gmres rel res':>15}{'conv':>6}"
+        f"{'gcrodr alone':>14}{'gcrodr sorted':>15}{'gmres / sorted':>16}"
+    )
+    for i in range(systems):
+        g_mv = int(g.stats["matvecs"][i])
+        ok = bool(g.succeeded[i])
+        ratio = g_mv / int(chain_mv[i])
+        print(
+            f"{i:>6}{g_mv:>10}{float(g.residual[i]) / bnorm:>15.2e}"
+            f"{'yes' if ok else 'no':>6}{int(a.stats['matvecs'][i]):>14}"
+            f"{int(chain_mv[i]):>15}{('' if ok else '>') + f'{ratio:.1f}x':>16}"
+        )
+    print(
+        f"sorted chain over all {fam.num} systems: {int(chain_mv.sum())} products "
+        f"({chain_mv.mean():.0f} a system), {int(jnp.sum(c.succeeded))} converged"
+    )
+
+
 def print_family(title, results, num):
     ref_sec = next(r[2] for r in results if r[0].startswith("scipy gmres"))
     gm_mv = results[0][1]
@@ -254,6 +319,8 @@ def main():
     parser.add_argument("--helmholtz-systems", type=int, default=20)
     parser.add_argument("--helmholtz-grid", type=int, default=100)
     parser.add_argument("--helmholtz-cap", type=int, default=4000)
+    parser.add_argument("--probe-systems", type=int, default=2)
+    parser.add_argument("--probe-cap", type=int, default=200000)
     parser.add_argument("--no-jacobi", action="store_true")
     args = parser.parse_args()
     print(
@@ -295,6 +362,9 @@ def main():
                 res,
                 fam.num,
             )
+    if "helmholtz-probe" in args.sections:
+        fam = helmholtz_family(args.helmholtz_systems, args.helmholtz_grid, seed=0)
+        helmholtz_probe(fam, 1e-7, 40, 20, args.probe_systems, args.probe_cap)
     print("\n" + PAPER)
 
 

@@ -172,6 +172,10 @@ class ArnoldiCycle(NamedTuple):
         tri: ``Q^T G``, upper triangular in its used columns.
         g: ``Q^T beta e_p``, ``(m + 1,)``.
         steps: Arnoldi steps taken in this cycle (int32).
+        precond_basis: ``Z`` (``(m, n)``), row ``j`` the preconditioned vector
+            ``M W[j]`` whose product with ``A`` step ``j`` took (rows below
+            ``p`` and beyond the steps taken are zero), when the cycle was run
+            with a separate ``precond`` (flexible form); else ``None``.
     """
 
     basis: Array
@@ -180,6 +184,7 @@ class ArnoldiCycle(NamedTuple):
     tri: Array
     g: Array
     steps: Array
+    precond_basis: Array | None = None
 
     def residual_estimate(self, start: int) -> Array:
         """``|g[p + steps]|``: the least-squares residual after the cycle."""
@@ -201,12 +206,14 @@ def arnoldi_cycle(
     beta: Array,
     tol: Array,
     budget: Array,
+    precond: Callable[[Array], Array] | None = None,
 ) -> ArnoldiCycle:
     """Run Arnoldi steps ``j = start, ..., m - 1`` (at most ``budget`` of them),
     stopping early once the least-squares residual is ``<= tol``.
 
     Args:
-        matvec: ``v -> A M v`` on flat vectors.
+        matvec: ``v -> A M v`` on flat vectors, or ``v -> A v`` when ``precond``
+            is given.
         basis: ``(m + 1, n)``; rows ``< start`` hold ``C`` (orthonormal), row
             ``start`` the unit residual ``r / beta``; the other rows must be
             zero (they are filled step by step).
@@ -216,6 +223,12 @@ def arnoldi_cycle(
         beta: ``||r||``.
         tol: the residual norm at which to stop.
         budget: the largest number of steps allowed (an int array).
+        precond: ``v -> M v``, or ``None``. When given, step ``j`` multiplies
+            ``z_j = M W[j]`` by ``A`` and keeps ``z_j`` as row ``j`` of
+            ``precond_basis`` (one more ``(m, n)`` buffer and one row write a
+            step, no extra products), so that ``A [.., Z] = W^T G`` holds even
+            when the caller's ``U`` lives in ``x``'s space (GCRO-DR's flexible
+            form).
     """
     m = hess.shape[1]
     dtype = basis.dtype
@@ -226,7 +239,7 @@ def arnoldi_cycle(
     blocks = tuple(basis[o : o + s] for o, s in zip(offsets, sizes, strict=True))
 
     def keep_going(state):
-        *_, g, j = state
+        *_, g, j, _ = state
         return (j < m) & (j - start < budget) & (jnp.abs(g[j]) > tol)
 
     def orthogonalise(blocks, w, j):
@@ -235,8 +248,14 @@ def arnoldi_cycle(
         return w, h, jnp.sqrt(jnp.vdot(w, w))
 
     def step(state):
-        blocks, v, hess, rot, tri, g, j = state
-        w, h, h_next = orthogonalise(blocks, matvec(v), j)
+        blocks, v, hess, rot, tri, g, j, zs = state
+        if precond is None:
+            product = matvec(v)
+        else:
+            z = precond(v)
+            product = matvec(z)
+            zs = zs.at[j].set(z)
+        w, h, h_next = orthogonalise(blocks, product, j)
         # ||w||^2 = ||h||^2 + ||w_new||^2 (Pythagoras): no extra pass over w.
         cancelled = h_next < _REORTHOGONALISE * jnp.sqrt(jnp.vdot(h, h) + h_next**2)
 
@@ -259,16 +278,26 @@ def arnoldi_cycle(
         )
         tri = tri.at[:, j].set(rotated.at[j].set(r).at[j + 1].set(0))
         g = g.at[j + 1].set(-s * g[j]).at[j].set(c * g[j])
-        return blocks, v, hess, rot, tri, g, j + 1
+        return blocks, v, hess, rot, tri, g, j + 1, zs
 
     # The carry holds the newest basis vector itself (the next product's input)
     # rather than reading it back from the blocks.
-    init = (blocks, basis[start], hess, rot, hess, g, jnp.asarray(start, jnp.int32))
-    (blocks, _, hess, rot, tri, g, _), steps = iterate(
+    zs = None if precond is None else jnp.zeros((m, basis.shape[1]), dtype)
+    init = (
+        blocks,
+        basis[start],
+        hess,
+        rot,
+        hess,
+        g,
+        jnp.asarray(start, jnp.int32),
+        zs,
+    )
+    (blocks, _, hess, rot, tri, g, _, zs), steps = iterate(
         step, keep_going, init, m - start
     )
     basis = jnp.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-    return ArnoldiCycle(basis, hess, rot, tri, g, steps)
+    return ArnoldiCycle(basis, hess, rot, tri, g, steps, zs)
 
 
 def least_squares_solution(cycle: ArnoldiCycle, start: int) -> Array:

@@ -30,6 +30,28 @@ through the SVD of the triangular factor of ``G P`` (not the factor alone), so
 that a degenerate direction (a cycle that converged in fewer than ``k`` steps,
 say) is dropped as a zero column instead of dividing by a zero pivot.
 
+With a right preconditioner ``M`` the recycle space stays in ``x``'s space:
+``C = A U`` (not ``A M U``), ``x += U C^T r``, and the Arnoldi kernel keeps the
+preconditioned vectors ``Z = M V`` it multiplies by ``A`` (the flexible form of
+FGCRO-DR, Carvalho, Gratton, Lago & Vasseur 2011), so that
+``A [U D, Z] = [C, V+] G`` and the correction and the new ``U`` are combinations
+of ``[U D, Z]``. Nothing handed on then depends on this system's ``M``, which
+matters in a sequence whose preconditioner changes with the system (Jacobi on a
+Darcy family): a ``U`` kept in the preconditioned space (``C = A M U``, the
+earlier form here) is mapped elsewhere by the next system's ``M``. Measured on
+``benchmarks/krylov.py``'s 40 Darcy systems with Jacobi (sorted, 80x80): 12544
+products in that form, 8450 in this one (scipy's ``gcrotmk``, which keeps its
+vectors in ``x``'s space too, 8671). The harmonic Ritz step then works on
+``V_hat = [U D, Z]``: the vectors of smallest ``|theta|`` with
+``A u - theta u`` orthogonal to ``A range(V_hat)``, i.e. approximate
+eigenvectors of ``A`` itself, for which ``W^T V_hat`` is formed in full (one
+``(m + 1, n) x (n, m)`` product a refresh: ``W^T Z`` has no identity block).
+Treating ``[U D, Z]`` as if it were ``[U D, V]`` (the identity block, no product)
+recycled worse on that benchmark (11513 products); on a Helmholtz sequence with
+Jacobi (6 systems, 60x60) the two forms needed 17744 and 17250 products, within
+that indefinite problem's rounding, and the full product made the solve 20 %
+slower there.
+
 Cost at small ``n`` (the end of a cycle is dense work on ``(m + 1, n)`` and
 ``(k, n)`` blocks plus ``m x m`` LAPACK calls, next to only ``m - k`` Arnoldi
 steps): each ``n``-long row is multiplied once per output, ``C U^T`` is carried
@@ -61,12 +83,13 @@ _RITZ_ITERATIONS = 16
 
 
 class RecycleSpace(eqx.Module):
-    """A recycled Krylov subspace: ``U`` and ``C = A M U`` (``(n, k)`` each, ``n``
-    the size of ``b``, ``M`` the right preconditioner, identity by default), with
-    orthonormal columns in ``C``. Columns may be zero (a dropped, degenerate
-    direction). Pass it as ``gcrodr(..., recycle=space)`` for the next system; its
-    ``C`` is recomputed from ``U`` there (``k`` products), since the operator may have
-    changed."""
+    """A recycled Krylov subspace: ``U`` and ``C = A U`` (``(n, k)`` each, ``n``
+    the size of ``b``), with orthonormal columns in ``C``. ``U`` lives in the
+    solution's space, also with a preconditioner (``C`` involves no ``M``), so a
+    space stays valid when the next system comes with another preconditioner.
+    Columns may be zero (a dropped, degenerate direction). Pass it as
+    ``gcrodr(..., recycle=space)`` for the next system; its ``C`` is recomputed
+    from ``U`` there (``k`` products), since the operator may have changed."""
 
     U: Array
     C: Array
@@ -142,14 +165,23 @@ def _ritz_subspace(
     tri = jnp.where(both, tri, 0) + jnp.diag(jnp.where(active, 0, 1).astype(tri.dtype))
     # W^T V_hat: e_j in the Krylov columns (V_hat's column j is W's row j there),
     # W (U D)^T in the recycled ones.
-    if cu_d is None:
+    if cycle.precond_basis is not None:
+        # Flexible form: V_hat = [U D, Z] in x's space, so W^T V_hat is formed
+        # in full (its Krylov columns W^T M V are no unit vectors). Rows of Z
+        # below `start` are zero, and so is U D when start = 0: their sum holds
+        # V_hat's rows in both cases.
+        v_hat = cycle.precond_basis.at[:k].add(ud_rows)
+        w_v = basis @ v_hat.T
+    elif cu_d is None:
         wu_k = basis @ ud_rows.T
     else:
         # The first k rows of W are C when start = k; when start = 0 these
         # columns are masked below (and U D is zero anyway).
         wu_k = jnp.concatenate([cu_d, basis[k:] @ ud_rows.T])
-    wu = jnp.zeros((m + 1, m), basis.dtype).at[:, :k].set(wu_k)
-    w_v = jnp.where(cols[None, :] < start, wu, jnp.eye(m + 1, m, dtype=basis.dtype))
+    if cycle.precond_basis is None:
+        wu = jnp.zeros((m + 1, m), basis.dtype).at[:, :k].set(wu_k)
+        eye = jnp.eye(m + 1, m, dtype=basis.dtype)
+        w_v = jnp.where(cols[None, :] < start, wu, eye)
     # K = G^+ W^T V_hat = R^{-1} (Q^T)[:m] W^T V_hat. LU rather than
     # solve_triangular: XLA:CPU's triangular solve with a matrix right-hand side
     # is a slow loop; LU of a triangular matrix pivots nothing (same solve).
@@ -213,6 +245,13 @@ def _products(
     used = jnp.arange(m)[:, None] < start + cycle.steps  # recycled + Krylov
     coef_v = jnp.where(used, coef_v, 0)
     head_w = cycle.basis[:k]
+    z = cycle.precond_basis
+    if z is not None:
+        # Flexible form: V_hat's Krylov columns are the preconditioned Z rows.
+        head_v = jnp.where(start > 0, ud_rows, z[:k])
+        along_v = coef_v[:k].T @ head_v + coef_v[k:].T @ z[k:]
+        along_w = coef_w[:k].T @ head_w + coef_w[k:].T @ cycle.basis[k:]
+        return along_v, along_w
     head_v = jnp.where(start > 0, ud_rows, head_w)
     tail_v = jnp.concatenate([coef_v[k:], jnp.zeros((1, c), coef_v.dtype)])
     tail = jnp.concatenate([tail_v, coef_w[k:]], axis=1).T @ cycle.basis[k:]
@@ -273,11 +312,12 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
     ``None`` or ``U`` as rows ``(k, n)``."""
 
     def loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
-        precond = (lambda v: v) if precond is None else precond
+        # U lives in x's space and C = A U whether or not there is a
+        # preconditioner M: the Arnoldi steps keep Z = M V (flexible form, see
+        # the module docstring), so nothing recycled depends on this system's M.
         n = b.shape[0]
         dtype = b.dtype
         eps = jnp.finfo(dtype).eps * 1e3
-        amv = lambda v: matvec(precond(v))  # noqa: E731
         result = start_result(input_code, r)
         x = x0
         if recycle_rows is None:
@@ -299,7 +339,7 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
             have = jnp.any(u_in != 0)
             u_rows, c_rows = lax.cond(
                 have,
-                lambda u: _orthonormal_pair(u, jax.vmap(amv)(u)),
+                lambda u: _orthonormal_pair(u, jax.vmap(matvec)(u)),
                 lambda u: (u, u),
                 u_in,
             )
@@ -320,7 +360,7 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
             # Improve x over range(U): r -= C C^T r (exactly the GCRO-DR start; in
             # later cycles it only removes rounding, as r is already orthogonal).
             cr = c_rows @ r
-            x = x + precond(cr @ u_rows)
+            x = x + cr @ u_rows
             r = r - cr @ c_rows
             beta = norm(r)
             start = jnp.where(have, k, 0)
@@ -331,7 +371,7 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
             basis = basis.at[start].set(r / jnp.where(beta == 0, 1, beta))
             hess = jnp.zeros((m + 1, m), dtype).at[:k, :k].set(jnp.diag(d))
             arnoldi = arnoldi_cycle(
-                amv, basis, hess, start, beta, tol, max_steps - total
+                matvec, basis, hess, start, beta, tol, max_steps - total, precond
             )
             # The harmonic Ritz step (the dense end-of-cycle work, which costs
             # about as much as the cycle's Arnoldi steps at m = 40, k = 20) runs
@@ -352,7 +392,7 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
                     refresh,
                     lambda: (*_correction(arnoldi, start, ud_rows), u_rows, c_rows, cu),
                 )
-            x_new = x + precond(dx)
+            x_new = x + dx
             # The residual by recurrence, r - W^T G y (as Parks et al.): no product
             # with A. krylov_solve checks the true residual at the end and
             # restarts from it if rounding made the two drift apart.
@@ -408,12 +448,14 @@ def gcrodr(
     earlier, related system, right-preconditioned (``A M y = b - A x0``,
     ``x = x0 + M y``).
 
-    Each cycle minimises ``||b - A x||_2`` over ``range(U)`` plus ``m - k`` Krylov
-    directions orthogonal to ``C = A M U``, and replaces ``U`` by the ``k`` harmonic
-    Ritz vectors of smallest magnitude (approximate eigenvectors of ``A M`` nearest
-    zero): deflating them lets GCRO-DR converge where GMRES(m) stagnates, and
-    carried to the next system of a slowly varying sequence (``recycle=``) it
-    saves most of that system's products. Without ``recycle`` the first cycle is
+    Each cycle minimises ``||b - A x||_2`` over ``range(U)`` plus ``M`` times
+    ``m - k`` Krylov directions of ``A M`` orthogonal to ``C = A U``, and replaces
+    ``U`` by the ``k`` harmonic Ritz vectors of smallest magnitude over that
+    space (approximate eigenvectors of ``A`` nearest zero): deflating them
+    lets GCRO-DR converge where GMRES(m) stagnates, and carried to the next system
+    of a slowly varying sequence (``recycle=``) it saves most of that system's
+    products, also when the preconditioner changes with the system (``U`` is kept
+    in ``x``'s space, the flexible form). Without ``recycle`` the first cycle is
     one GMRES(m) cycle.
 
     Args:
@@ -429,6 +471,7 @@ def gcrodr(
         max_steps: cap on the total number of Arnoldi steps; default ``10 n``.
         x0: initial guess (default zeros).
         preconditioner: ``M ~ A^{-1}`` (right preconditioner), matrix or function.
+            GCRO-DR then keeps ``Z = M V`` as well (one more ``(m, n)`` buffer).
         throw: raise a runtime error if the solve fails (else inspect ``.result``).
         ritz: how the harmonic Ritz subspace is computed each cycle (static):
             ``"eig"`` exactly (``jnp.linalg.eig``, CPU only), ``"iterate"`` by
