@@ -902,3 +902,56 @@ def test_sns_batch_sharded_over_four_devices():
     expected[3] = int(RESULTS.nonfinite_input._value)
     expected[5] = int(RESULTS.max_steps_reached._value)
     assert codes == expected, (codes, out.stdout)
+
+
+def _phi_sum_reference(C, f, g, eps, a, b, x, y):
+    """``sum_ij P_ij (exp(t) - 1 - t)`` in NumPy: a Taylor series for small
+    ``|t|`` (no cancellation), ``exp(t) - 1 - t`` elsewhere."""
+    mask = (a > 0)[:, None] & (b > 0)[None, :]
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        plan = np.where(mask, np.exp((f[:, None] + g[None, :] - C) / eps - 1), 0)
+        t = x[:, None] + y[None, :]
+        small = np.abs(t) < 1e-2
+        ts = np.where(small, t, 0)
+        taylor = ts**2 * (1 / 2 + ts * (1 / 6 + ts * (1 / 24 + ts / 120)))
+        terms = np.where(small, taylor, np.expm1(t) - t) * plan
+    return np.sum(np.where(mask, terms, 0))
+
+
+@pytest.mark.parametrize("layout", ["plain", "both", "cloud"])
+def test_line_search_remainder_is_accurate_and_finite(layout):
+    """``kernel.phi_sum``, the line search's ``sum P phi(t)`` written with
+    ``expm1`` and no per-entry branch (so that it fuses into one vectorised
+    pass), against a Taylor-series reference, from steps of ``1e-10`` (where a
+    difference of dual values would be all rounding) to ``100`` in the
+    exponents; finite with zeros in both marginals and a step that would
+    overflow ``exp`` off the support (the kernel centres it first)."""
+    import jaxsolve.solvers.ot._kernel as kernel
+    from jaxsolve.solvers.ot import PointCloud
+
+    rng = np.random.default_rng(3)
+    n, m = 300, 250  # 75,000 entries: above the both-layouts threshold
+    xs, ys = rng.uniform(size=(n, 2)), rng.uniform(size=(m, 2))
+    C = np.asarray(sqeuclidean_cost(jnp.asarray(xs), jnp.asarray(ys)))
+    eps = 0.02
+    a, b = rng.uniform(size=n), rng.uniform(size=m)
+    a[:4], b[-3:] = 0, 0
+    a, b = a / a.sum(), b / b.sum()
+    f = 0.01 * rng.normal(size=n) - 0.05
+    g = -eps * np.log(np.exp(-C / eps).sum(0)) + 0.01 * rng.normal(size=m)
+    geometry = {
+        "plain": jnp.asarray(C),
+        "both": kernel.both_layouts(jnp.asarray(C)),
+        "cloud": PointCloud(jnp.asarray(xs), jnp.asarray(ys), block_size=64),
+    }[layout]
+    assert isinstance(geometry, kernel.BothLayouts) == (layout == "both")
+    phi_sum = jax.jit(lambda x, y: kernel.phi_sum(geometry, f, g, eps, a, b, x, y))
+    for scale in (1e-10, 1e-6, 1e-2, 1.0, 50.0):
+        x, y = scale * rng.normal(size=n), scale * rng.normal(size=m) + 3 * scale
+        # Off the support: a step that would overflow exp (t ~ 1e3 to 1e6).
+        x[:4], y[-3:] = 1e6, -1e3
+        got = float(phi_sum(x, y))
+        want = _phi_sum_reference(C, f, g, eps, a, b, x, y)
+        assert np.isfinite(got) and want > 0
+        rtol = 1e-5 if scale < 1e-8 else 1e-9
+        np.testing.assert_allclose(got, want, rtol=rtol, err_msg=f"{scale}")

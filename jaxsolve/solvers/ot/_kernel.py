@@ -344,40 +344,55 @@ def pattern_log_plan(f, g, epsilon, a, b, idx, cost) -> Array:
     return jnp.where((a > 0)[:, None] & (b > 0)[idx], z, -jnp.inf)
 
 
-def phi_sum(C, f, g, epsilon, a, b, alpha, x, y) -> Array:
-    """``sum_ij P_ij phi(t_ij)``, ``phi(t) = exp(t) - 1 - t``, ``t_ij = alpha
-    (x_i + y_j)``: the line search's remainder term, without cancellation or
-    overflow.
+def phi_sum(C, f, g, epsilon, a, b, x, y) -> Array:
+    """``sum_ij P_ij phi(t_ij)``, ``phi(t) = exp(t) - 1 - t >= 0``, for a step
+    ``t_ij = x_i + y_j`` of the exponents: the line search's remainder term
+    (:func:`~jaxsolve.solvers.ot._sns`), without cancellation or overflow.
 
-    ``exp(t) - 1 - t`` is a Taylor polynomial for small ``|t|`` (where any
-    difference would lose its digits); elsewhere the term is
-    ``exp(log P + t) - P (1 + t)``: one exponential per entry, a relative
-    rounding error below ``1e-11`` at ``|t| >= 1e-2``, and no ``0 * inf`` where
-    ``P`` underflows but ``P exp(t)`` does not. An overflow gives ``+inf``, never
-    NaN, and so a rejected step.
+    Each term is ``P_ij (expm1(t_ij) - t_ij)``: no per-entry branch, so that for
+    a large matrix (:class:`BothLayouts`) the pass fuses whole into one of XLA's
+    vectorised reductions (at ``n = m = 5000`` on one core: 80 ms a call, where
+    a Taylor branch for small ``|t|`` made XLA write ``P`` and ``t`` out as
+    ``n x m`` arrays, 85 ms once per line search plus 70 ms a call). Its
+    relative rounding error is about ``2^-52 / |t|`` (measured against 40-digit
+    arithmetic: ``3e-4`` at ``|t| = 1e-12``, ``3e-7`` at ``1e-9``, ``4e-13`` at
+    ``1e-3``): ample for an Armijo test, whose margin is a fixed fraction of
+    the remainder, and with no cancellation against the plan's mass (a
+    difference of two dual values would lose every digit near the solution).
+
+    ``t`` depends on ``x_i + y_j`` only, so ``y`` is first centred on the
+    support (``x`` shifted the other way) and both are set to 0 off it: then
+    ``|t_ij| <= 2 max_support |x_i + y_j|`` at every entry, so ``expm1(t)``
+    cannot overflow where ``P = 0`` (``0 * inf`` would be NaN); the line search
+    tries ``|t| <= 100`` on the support, where ``P`` underflows (to 0) only if
+    ``P exp(t) < e^-600``.
     """
     vector_form = isinstance(C, BothLayouts)
-    cb = b > 0
+    ra, cb = a > 0, b > 0
+    y_hi = jnp.max(jnp.where(cb, y, -jnp.inf))
+    centre = (y_hi + jnp.min(jnp.where(cb, y, jnp.inf))) / 2
+    x = jnp.where(ra, x + centre, 0)
+    y = jnp.where(cb, y - centre, 0)
+    if vector_form:
+        u, v, w = _exponent_parts(f, g, epsilon, ra, cb)
+        # + 0 x, + 0 y: inside the line search's loop f and g are constant, and
+        # XLA would hoist P (or C w) out of it as an n x m array; x and y vary.
+        u, w = u + 0 * x, w + 0 * y
+        plan = jnp.exp(u[:, None] + v[None, :] - C.C * w[None, :])
+        t = x[:, None] + y[None, :]
+        return jnp.sum(plan * (jnp.expm1(t) - t))
 
     def fn(Cb, rows, fast):
-        fb, ra, xb = rows
-        log_plan = _log_plan(Cb, fb, g, epsilon, ra, cb, vector_form)
-        plan = jnp.exp(log_plan)
-        t = alpha * (xb[:, None] + y[None, :])
-        small = jnp.abs(t) < 1e-2
-        ts = jnp.where(small, t, 0)
-        series = 1 / 6 + ts * (1 / 24 + ts * (1 / 120 + ts / 720))
-        taylor = ts * ts * (0.5 + ts * series)
-        tl = jnp.where(small, 0, t)
-        other = jnp.exp(log_plan + tl) - plan * (1 + tl)
-        terms = jnp.where(small, plan * taylor, other)
-        terms = jnp.where(log_plan > -jnp.inf, terms, 0)
+        fb, rab, xb = rows
+        plan = jnp.exp(_log_plan(Cb, fb, g, epsilon, rab, cb))
+        t = xb[:, None] + y[None, :]
+        terms = plan * (jnp.expm1(t) - t)
         if fast:
             return None, jnp.sum(_row_sum(_barrier(terms), True))
         return None, jnp.sum(terms)
 
     init = jnp.zeros((), f.dtype)
-    return _map_rows(C, fn, (f, a > 0, x), init, jnp.add)[1]
+    return _map_rows(C, fn, (f, ra, x), init, jnp.add)[1]
 
 
 def schur_col(C, f, g, epsilon, a, b, d1) -> Array:

@@ -86,10 +86,12 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
     eps_dtype = float(jnp.finfo(dtype).eps)
     tiny = float(jnp.finfo(dtype).tiny)
 
-    def state_at(f, g):
-        rows, cols = kernel.plan_sums(p.C, f, g, p.epsilon, p.a, p.b)
+    def state_from(rows, cols):
         grad = jnp.concatenate([p.a - rows, p.b - cols])
         return rows, cols, grad, jnp.sum(jnp.abs(grad))
+
+    def state_at(f, g):
+        return state_from(*kernel.plan_sums(p.C, f, g, p.epsilon, p.a, p.b))
 
     def select(fg):
         # The k largest entries of each row, and their costs.
@@ -238,7 +240,7 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
         def trial(state):
             alpha, _ = state
             remainder = kernel.phi_sum(
-                p.C, s_.f, s_.g, p.epsilon, p.a, p.b, alpha, x, y
+                p.C, s_.f, s_.g, p.epsilon, p.a, p.b, alpha * x, alpha * y
             )
             gain = alpha * slope - remainder
             ok = gain >= _ARMIJO * alpha * slope
@@ -313,9 +315,16 @@ def _newton_stage(p: Problem, f, g, k, max_steps, cg_rtol, cg_max_steps, solver)
                 )
                 dense_k = use_dense.astype(jnp.int32)
         alpha, ok, trials = line_search(s, z)
-        step_ = jnp.where(ok, alpha * p.epsilon, 0) * z
-        f, g = s.f + step_[:n], s.g + step_[n:]
-        new = (f, g, *state_at(f, g))
+
+        def moved(_):
+            step_ = alpha * p.epsilon * z
+            f, g = s.f + step_[:n], s.g + step_[n:]
+            return (f, g, *state_at(f, g))
+
+        # A failed line search leaves the state as it was: no pass over C.
+        new = lax.cond(
+            ok, moved, lambda _: (s.f, s.g, s.rows, s.cols, s.grad, s.err), None
+        )
         # A Newton step that failed or made little progress (far from the
         # solution, or a Hessian that is badly scaled in a few rows, as with
         # peaked marginals) is followed by a block of Sinkhorn steps. Each of
