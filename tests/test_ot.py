@@ -955,3 +955,54 @@ def test_line_search_remainder_is_accurate_and_finite(layout):
         assert np.isfinite(got) and want > 0
         rtol = 1e-5 if scale < 1e-8 else 1e-9
         np.testing.assert_allclose(got, want, rtol=rtol, err_msg=f"{scale}")
+
+
+@pytest.mark.parametrize("layout", ["plain", "both"])
+def test_sinkhorn_block_continues_sinkhorn_from_known_row_sums(layout):
+    """``_sinkhorn.sinkhorn_block`` (SNS's Sinkhorn steps after a slow Newton
+    step) starts from the Newton state's row sums instead of a log-sum-exp
+    pass: it takes the same steps as ``sinkhorn_stage`` from the same point,
+    stops after the first step that leaves the error at or below ``until``
+    (always taking one), and falls back to the exact log-sum-exp when a row
+    sum underflows."""
+    import jaxsolve.solvers.ot._kernel as kernel
+    from jaxsolve.solvers.ot._dual import Problem
+    from jaxsolve.solvers.ot._sinkhorn import sinkhorn_block, sinkhorn_stage
+
+    rng = np.random.default_rng(4)
+    n, m = 300, 250
+    x, y = rng.uniform(size=(n, 2)), 0.5 + 0.15 * rng.normal(size=(m, 2))
+    C = sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
+    a, b = rng.uniform(size=n), rng.uniform(size=m)
+    a[:3], b[-2:] = 0, 0
+    a, b = jnp.asarray(a / a.sum()), jnp.asarray(b / b.sum())
+    if layout == "both":
+        C = kernel.both_layouts(C)
+    eps = jnp.asarray(2e-3)
+    p = Problem(C, a, b, eps, jnp.asarray(1e-12), RESULTS.successful)
+    f0 = jnp.where(a > 0, 0.01 * jnp.asarray(rng.normal(size=n)), 0)
+    g0 = jnp.where(b > 0, -0.05 + 0.01 * jnp.asarray(rng.normal(size=m)), 0)
+
+    def state(f, g):
+        rows, cols = kernel.plan_sums(C, f, g, eps, a, b)
+        return rows, jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))
+
+    rows, err = state(f0, g0)
+    block = jax.jit(
+        lambda rows, err, until: sinkhorn_block(p, f0, g0, rows, err, 5, until)
+    )
+    f, g, steps = block(rows, err, 0.0)
+    f_ref, g_ref, err_ref, steps_ref = sinkhorn_stage(p, f0, g0, 5)
+    assert int(steps) == int(steps_ref) == 5
+    np.testing.assert_allclose(f, f_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(state(f, g)[1], err_ref, rtol=1e-8)
+    # `until`: the errors after each step, and where the block stops.
+    errors = [float(state(*sinkhorn_stage(p, f0, g0, t)[:2])[1]) for t in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]
+    assert int(block(rows, err, 2 * errors[0])[2]) == 1  # one step at least
+    assert int(block(rows, err, (errors[1] + errors[2]) / 2)[2]) == 3
+    # An underflowed row sum on the support: the exact log-sum-exp instead.
+    f, g, steps = block(rows.at[5].set(0.0), err, 0.0)
+    assert int(steps) == 5
+    np.testing.assert_allclose(f, f_ref, rtol=0, atol=1e-12)

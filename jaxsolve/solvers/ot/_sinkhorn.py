@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from ..._checks import check_static_int
 from ..._iterate import iterate
@@ -60,39 +61,74 @@ def sinkhorn_stage(p: Problem, f, g, max_steps, halvings: int = 0, per_level=1):
     epsilon of the next step, so the stage cannot stop before the schedule has
     reached the problem's own epsilon.
     """
-
-    def eps_at(t):
-        if halvings == 0:
-            return p.epsilon
-        level = jnp.clip(halvings - t // per_level, 0, halvings)
-        return p.epsilon * jnp.exp2(level.astype(p.epsilon.dtype))
-
-    def at(t):
-        return p._replace(epsilon=eps_at(t))
-
     t0 = jnp.asarray(0, jnp.int32)
-    lse = _row_lse(g, at(t0), f)
+    q = _at(p, t0, halvings, per_level)
+    lse = _row_lse(g, q, f)
+    err = _row_error(f, lse, q) + _col_error(f, g, q)
+    f, g, _, err, num_steps = _steps(p, f, g, lse, err, max_steps, halvings, per_level)
+    return f, g, err, num_steps
+
+
+def _at(p: Problem, t, halvings, per_level):
+    """``p`` at the epsilon of step ``t`` of the schedule (see
+    :func:`sinkhorn_stage`)."""
+    if halvings == 0:
+        return p
+    level = jnp.clip(halvings - t // per_level, 0, halvings)
+    return p._replace(epsilon=p.epsilon * jnp.exp2(level.astype(p.epsilon.dtype)))
+
+
+def _steps(p: Problem, f, g, lse, err, max_steps, halvings=0, per_level=1, until=None):
+    """The loop of :func:`sinkhorn_stage`, from ``lse``, the row log-sum-exp
+    of ``g`` at the first step's epsilon, and the marginal error ``err``; with
+    ``until``, it also stops after any step that leaves ``err <= until``.
+    Returns ``(f, g, lse, err, num_steps)``."""
     ok = p.result == RESULTS.successful
 
     def keep_going(state):
         _, _, _, err, t = state
         scaled = (t < halvings * per_level) if halvings else False
-        return ok & ((err > p.tol) | scaled)
+        going = ok & ((err > p.tol) | scaled)
+        if until is not None:
+            going = going & ((t == 0) | (err > until))
+        return going
 
     def step(state):
         _, g, lse, _, t = state
-        q = at(t)
+        q = _at(p, t, halvings, per_level)
         f = jnp.where(p.a > 0, q.epsilon * (_log(p.a) - lse), 0)
         # The potential being replaced guesses each log-sum-exp (see _row_lse).
         g = jnp.where(p.b > 0, q.epsilon * (_log(p.b) - _col_lse(f, q, g)), 0)
-        q = at(t + 1)
+        q = _at(p, t + 1, halvings, per_level)
         lse = _row_lse(g, q, f)
         return f, g, lse, _row_error(f, lse, q), t + 1
 
-    q = at(t0)
-    init = (f, g, lse, _row_error(f, lse, q) + _col_error(f, g, q), t0)
-    (f, g, _, err, _), num_steps = iterate(step, keep_going, init, max_steps)
-    return f, g, err, num_steps
+    init = (f, g, lse, err, jnp.asarray(0, jnp.int32))
+    (f, g, lse, err, _), num_steps = iterate(step, keep_going, init, max_steps)
+    return f, g, lse, err, num_steps
+
+
+def sinkhorn_block(p: Problem, f, g, rows, err, max_steps, until):
+    """Sinkhorn steps at ``p.epsilon`` from a point whose plan's row sums
+    ``rows = P 1`` and marginal error ``err`` are known (a Newton step's): at
+    least one (if ``max_steps >= 1``), then on while the error is above
+    ``until`` and ``p.tol``, at most ``max_steps``. Returns ``(f, g,
+    num_steps)``.
+
+    Two passes over ``C`` a step and none besides: the first row log-sum-exp
+    is ``log (P 1)_i - f_i / epsilon`` (the exact two-pass one if a row sum on
+    the support is not a normal positive number).
+    """
+    tiny = float(jnp.finfo(rows.dtype).tiny)
+    active = p.a > 0
+    fine = jnp.all((rows >= tiny) & (rows < jnp.inf) | ~active)
+    lse = lax.cond(
+        fine,
+        lambda: jnp.where(active, _log(rows) - f / p.epsilon, 0),
+        lambda: _row_lse(g, p),
+    )
+    f, g, _, _, num_steps = _steps(p, f, g, lse, err, max_steps, until=until)
+    return f, g, num_steps
 
 
 def _col_error(f, g, p: Problem):
