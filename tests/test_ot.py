@@ -1006,3 +1006,34 @@ def test_sinkhorn_block_continues_sinkhorn_from_known_row_sums(layout):
     f, g, steps = block(rows.at[5].set(0.0), err, 0.0)
     assert int(steps) == 5
     np.testing.assert_allclose(f, f_ref, rtol=0, atol=1e-12)
+
+
+def test_sns_takes_full_steps_that_halve_the_error_without_line_search(monkeypatch):
+    """A full Newton step that halves the marginal error is taken without the
+    line search's pass (``_sns._QUICK_ACCEPT``): on a 2-D cloud at eta = 1200
+    the same steps as with the line search always run (those steps pass
+    Armijo's test at alpha = 1 anyway), with fewer line-search trials."""
+    import jaxsolve.solvers.ot._sns as sns
+
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(size=(200, 2)), 0.5 + 0.15 * rng.normal(size=(200, 2))
+    C = sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
+
+    def solve():
+        # A fresh function each time: jit caches by function, not by the
+        # module attribute the trace reads.
+        return jax.jit(
+            lambda C: sinkhorn_newton_sparse(
+                C, epsilon=1 / 1200, tol=1e-9, newton_solver="cg"
+            )
+        )(C)
+
+    quick = solve()
+    monkeypatch.setattr(sns, "_QUICK_ACCEPT", 0.0)
+    searched = solve()
+    assert bool(quick.succeeded) and bool(searched.succeeded)
+    assert int(quick.num_steps) == int(searched.num_steps)
+    steps = int(quick.stats["newton_steps"])
+    assert int(searched.stats["line_search_steps"]) >= steps
+    assert int(quick.stats["line_search_steps"]) < steps, quick.stats
+    np.testing.assert_allclose(quick.plan, searched.plan, rtol=0, atol=1e-12)
