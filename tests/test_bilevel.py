@@ -310,12 +310,18 @@ def test_aid_and_bo_rep_lower_validation_loss_hyper_cleaning(cleaning):
     corrupted = np.asarray(task.extra["corrupted"])
     w = np.asarray(jax.nn.sigmoid(x))
     assert w[corrupted].mean() < w[~corrupted].mean()
+    # The adjoint step must stay below 2 / L (L ~ 0.8 here; the default,
+    # adjoint_lr = inner_lr = 5, makes the adjoint iteration diverge, and the
+    # normalised steps then wander: this test passed or failed with the
+    # compiler's rounding, start 1.545, end 1.494 or 1.788). With these settings
+    # (benchmarks/bilevel.py's) the end is 0.316 at either XLA optimisation level.
     borep = bilevel.bo_rep(
         task.upper,
         task.lower,
-        learning_rate=0.5,
-        inner_lr=5.0,
+        learning_rate=1.0,
+        inner_lr=4.0,
         inner_steps=20,
+        adjoint_lr=2.0,
         init_inner_steps=200,
     )
     sol = bilevel.run(
@@ -400,10 +406,73 @@ def _aid_cleaning(task, recycle):
     )
 
 
+def _spd_with_spectrum(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(rng.normal(size=(n, n)))[0]
+    lam = np.sort(
+        np.concatenate([np.full(n // 3, 1e-3), np.geomspace(1e-3, 0.7, n - n // 3)])
+    )
+    return (q * lam) @ q.T, lam, q
+
+
+def test_spectral_preconditioner_from_exact_pairs_and_from_cg_directions():
+    """M = sigma (I - W W^T) + W diag(1/theta) W^T: with the exact top-k pairs and
+    sigma = 1 / lambda_{k+1}, M A has k eigenvalues at 1 and the rest at
+    lambda_i / lambda_{k+1}; it is SPD. Recycled from CG directions alone
+    (spectral_update, no product) the Ritz pairs approach the top eigenpairs;
+    spectral_refresh recomputes A W exactly. Preconditioned CG with it needs far
+    fewer steps than CG on a nearby operator (57 against 88 here)."""
+    from jaxsolve.solvers.linear import SpectralPreconditioner
+    from jaxsolve.solvers.linear._spectral import spectral_refresh, spectral_update
+
+    a, lam, q = _spd_with_spectrum()
+    n, k = a.shape[0], 10
+    w = q[:, -k:]
+    exact = SpectralPreconditioner(
+        jnp.asarray(w), jnp.asarray(a @ w), jnp.asarray(lam[-k:]), 1 / lam[-k - 1]
+    )
+    m = np.stack([np.asarray(exact(jnp.asarray(e))) for e in np.eye(n)], axis=1)
+    np.testing.assert_allclose(m, m.T, atol=1e-12)
+    assert np.linalg.eigvalsh(0.5 * (m + m.T)).min() > 0
+    ev = np.sort(np.linalg.eigvals(m @ a).real)
+    ref = np.sort(np.concatenate([np.ones(k), lam[: n - k] / lam[-k - 1]]))
+    np.testing.assert_allclose(ev, ref, rtol=1e-8, atol=1e-12)
+    # The empty preconditioner is the identity.
+    empty = SpectralPreconditioner.empty(n, k, jnp.float64)
+    r = jnp.asarray(np.random.default_rng(1).normal(size=n))
+    np.testing.assert_allclose(empty(r), r)
+    # From one CG solve's recorded directions: no products, top Ritz values close.
+    b = jnp.asarray(np.random.default_rng(2).normal(size=n))
+    sol = deflated_cg(jnp.asarray(a), b, record=40, rtol=1e-12, throw=False)
+    p_rec, ap_rec, _, recorded = sol.aux["recycle"]
+    got = spectral_update(empty, p_rec, ap_rec, recorded)
+    np.testing.assert_allclose(np.asarray(got.theta[:3]), lam[::-1][:3], rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(got.AW), a @ np.asarray(got.W), atol=1e-10)
+    wg = np.asarray(got.W)
+    used = np.asarray(got.theta) > 0
+    np.testing.assert_allclose(
+        wg[:, used].T @ wg[:, used], np.eye(used.sum()), atol=1e-8
+    )
+    # A nearby operator: refresh gives its exact products; CG steps fall.
+    a2 = a + 1e-3 * np.diag(np.random.default_rng(3).uniform(size=n))
+    fresh = spectral_refresh(got, lambda v: jnp.asarray(a2) @ v)
+    np.testing.assert_allclose(
+        np.asarray(fresh.AW), a2 @ np.asarray(fresh.W), atol=1e-12
+    )
+    plain = deflated_cg(jnp.asarray(a2), b, rtol=1e-10)
+    pre = deflated_cg(jnp.asarray(a2), b, rtol=1e-10, preconditioner=fresh)
+    np.testing.assert_allclose(pre.value, np.linalg.solve(a2, np.asarray(b)), rtol=1e-8)
+    assert int(pre.num_steps) < 0.7 * int(plain.num_steps), (
+        pre.num_steps,
+        plain.num_steps,
+    )
+
+
 def test_recycled_backward_solves_same_hypergradient_fewer_matvecs(cleaning):
     """Along one recycled AID run, every hypergradient equals the one of a fresh
     (unrecycled) backward solve at the same (x, y) to 1e-8, and the backward
-    Hessian products per step after warm-up fall."""
+    Hessian products per step after warm-up fall at least 3x (issue 11), the
+    recycled preconditioner's exact refreshes included."""
     task = cleaning
     recycled = _aid_cleaning(task, True)
     step = jax.jit(recycled.step)
@@ -415,7 +484,7 @@ def test_recycled_backward_solves_same_hypergradient_fewer_matvecs(cleaning):
 
     state = jax.jit(recycled.init)(task.x0, task.y0, *task.data)
     counts_recycled, counts_plain = [], []
-    for _ in range(30):
+    for _ in range(46):
         x = state.x
         state = step(state, *task.data)
         g_fresh, mv = fresh(x, state.y)
@@ -423,12 +492,13 @@ def test_recycled_backward_solves_same_hypergradient_fewer_matvecs(cleaning):
         assert int(state.info["backward_result"]) == 0
         counts_recycled.append(int(state.info["backward_matvecs"]))
         counts_plain.append(int(mv))
-    warm = slice(10, None)
+    # Steps 16-45: two refresh periods of 15 steps (the refresh at step 15, 80
+    # Hessian products, falls just before the window and the one at step 30 in
+    # it; measured 3.3x; steps 10-29 alone 3.0x, 500 samples 3.7x). Unrecycled
+    # CG took 98-116 products a step.
+    warm = slice(16, None)
     ratio = np.mean(counts_plain[warm]) / np.mean(counts_recycled[warm])
-    # Measured 1.3x here (1.5-1.7x over longer runs on 500 samples): the Hessian's
-    # spectrum is a broad bulk that a few Ritz vectors do not deflate; the issue's
-    # 3x target is not reached (see benchmarks/bilevel.py).
-    assert ratio > 1.15, (counts_plain, counts_recycled)
+    assert ratio >= 3, (ratio, counts_plain, counts_recycled)
 
 
 def test_vmap_over_seeds_and_pytrees():

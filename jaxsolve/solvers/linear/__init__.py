@@ -23,6 +23,7 @@ from ._gcrodr import gcrodr as gcrodr
 from ._gmres import gmres as gmres
 from ._solve import LINEAR_METHODS as LINEAR_METHODS
 from ._solve import linear_solve as linear_solve
+from ._spectral import SpectralPreconditioner as SpectralPreconditioner
 
 # linear_solve(..., method=...) for the methods defined after _solve.py:
 LINEAR_METHODS["dcdm"] = dcdm  # the learned solver, for grid-shaped systems
