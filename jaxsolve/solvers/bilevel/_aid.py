@@ -58,6 +58,7 @@ class AIDState(eqx.Module):
     v: Array  # the last adjoint solution, flat (the next solve's start)
     basis: Array  # (n, k) Ritz vectors deflated from the next solve
     spectral: SpectralPreconditioner | None  # the recycled preconditioner
+    fewest_steps: Array  # the fewest CG steps of a solve since its last refresh
     solutions: Array  # (n, q) the last adjoint solutions, newest first
     rhs: Array  # (n, q) their right-hand sides
     step_count: Array
@@ -171,6 +172,16 @@ def _extrapolate(solutions, rhs, b):
     return solutions @ c
 
 
+_NEVER = 2**30  # fewest_steps before any solve: no refresh is triggered
+
+
+def _spectral_size(requested: int, n: int) -> int:
+    """Ritz pairs kept by the recycled preconditioner for ``n`` lower variables:
+    at most ``n // 8``, so that a refresh (as many Hessian products) stays well
+    below one CG solve's products (at most ``n``); 0 turns it off."""
+    return min(requested, n // 8)
+
+
 def _push(history, column):
     """``column`` first, then the older ones; the oldest is dropped."""
     return jnp.concatenate([column[:, None], history[:, :-1]], axis=1)
@@ -237,19 +248,21 @@ def aid(
     new one (least squares; no Hessian product: the earlier products are their
     right-hand sides; cf. Fischer's projection for successive right-hand sides,
     CMAME 1998), and CG is preconditioned by a spectral limited-memory
-    preconditioner built from ``recycle_spectral`` Ritz pairs of the largest
-    Ritz values of the earlier Hessians
-    (:class:`~jaxsolve.solvers.linear.SpectralPreconditioner`): refreshed after
-    each step by Rayleigh-Ritz on its own vectors and the first
-    ``recycle_record`` CG directions, at no Hessian product, and recomputed with
-    the current Hessian every ``recycle_refresh`` steps (``recycle_spectral``
-    products then). Measured on the hyper-cleaning task (``benchmarks/bilevel.py``):
-    about 3x fewer Hessian products than unrecycled CG after the first steps,
-    the same hypergradients. ``recycle_dim > 0`` also deflates that many Ritz
-    vectors of the *smallest* Ritz values (``recycle_dim`` products a step; it
-    pays where a few small eigenvalues are isolated). ``state.info`` records
-    ``backward_matvecs`` (Hessian products, including the refreshes and the
-    deflation basis), ``backward_steps`` and ``backward_result`` for every step.
+    preconditioner built from ``recycle_spectral`` (at most ``n // 8`` for ``n``
+    lower variables) Ritz pairs of the largest Ritz values of the earlier
+    Hessians (:class:`~jaxsolve.solvers.linear.SpectralPreconditioner`). The
+    pairs are refreshed after each step by Rayleigh-Ritz on their own vectors
+    and the first ``recycle_record`` CG directions, at no Hessian product, and
+    recomputed with the current Hessian every ``recycle_refresh`` steps and
+    after a solve that took over 1.5x the fewest CG steps since the last
+    refresh (``recycle_spectral`` products then). Measured on the
+    hyper-cleaning task (``benchmarks/bilevel.py``): about 3x fewer Hessian
+    products than unrecycled CG after the first steps, the same hypergradients.
+    ``recycle_dim > 0`` also deflates that many Ritz vectors of the *smallest*
+    Ritz values (``recycle_dim`` products a step; it pays where a few small
+    eigenvalues are isolated). ``state.info`` records ``backward_matvecs``
+    (Hessian products, including the refreshes and the deflation basis),
+    ``backward_steps`` and ``backward_result`` for every step.
 
     Needs a strongly convex lower level (SPD ``hess_yy f``); no ``constraint``.
     """
@@ -281,6 +294,7 @@ def aid(
         y = jax.lax.fori_loop(0, rounds, lambda _, y: inner_fn(x0, y, *data), y0)
         n = ravel_pytree(y)[0].size
         dtype = ravel_pytree(y)[0].dtype
+        spectral_size = _spectral_size(spec, n)
         info = {
             "backward_matvecs": jnp.asarray(0, jnp.int32),
             "backward_steps": jnp.asarray(0, jnp.int32),
@@ -293,7 +307,12 @@ def aid(
             grad=jax.tree_util.tree_map(jnp.zeros_like, x0),
             v=jnp.zeros((n,), dtype),
             basis=jnp.zeros((n, k), dtype),
-            spectral=SpectralPreconditioner.empty(n, spec, dtype) if spec else None,
+            spectral=(
+                SpectralPreconditioner.empty(n, spectral_size, dtype)
+                if spectral_size
+                else None
+            ),
+            fewest_steps=jnp.asarray(_NEVER, jnp.int32),
             solutions=jnp.zeros((n, q), dtype),
             rhs=jnp.zeros((n, q), dtype),
             step_count=jnp.asarray(0, jnp.int32),
@@ -301,6 +320,12 @@ def aid(
         )
 
     def step(state: AIDState, *data) -> AIDState:
+        # The preconditioner's products with the current Hessian (the carried
+        # ones come from earlier Hessians) every `period` steps, and as soon as
+        # a solve took over 1.5x the fewest CG steps since the last refresh
+        # (the pairs went stale: a fast-moving x). Never before the first step.
+        slow = 2 * state.info["backward_steps"] > 3 * state.fewest_steps
+        refresh = (state.step_count > 0) & ((state.step_count % period == 0) | slow)
         x = state.x
         y = inner_fn(x, state.y, *data)
         dtype = state.v.dtype
@@ -326,10 +351,7 @@ def aid(
                 (lambda b: _extrapolate(state.solutions, state.rhs, b)) if q else None
             ),
             spectral=state.spectral,
-            # Its products with the current Hessian every `period` steps (the
-            # carried ones come from earlier Hessians); never before it has
-            # pairs.
-            refresh=(state.step_count > 0) & (state.step_count % period == 0),
+            refresh=refresh,
         )
         ok = h["result"] == RESULTS.successful
         updates, opt_state = optimizer.update(grad, state.opt_state, x)
@@ -350,17 +372,24 @@ def aid(
             # recorded) does not refresh the recycle space.
             v=jnp.where(ok, h["v"], state.v),
             basis=jnp.where(ok, h["basis"], state.basis),
+            # A solve that failed with the preconditioner drops it (the next
+            # solve is plain CG, and the pairs regrow from its directions).
             spectral=(
                 jax.tree_util.tree_map(
-                    lambda new, old: jnp.where(ok, new, old),
+                    lambda new, empty: jnp.where(ok, new, empty),
                     h["spectral"],
-                    state.spectral,
+                    SpectralPreconditioner.empty(*state.spectral.W.shape, dtype),
                 )
-                if spec
+                if state.spectral is not None
                 else None
             ),
             solutions=jnp.where(ok, _push(state.solutions, h["v"]), state.solutions),
             rhs=jnp.where(ok, _push(state.rhs, h["rhs"]), state.rhs),
+            fewest_steps=jnp.where(
+                refresh,
+                h["steps"],
+                jnp.minimum(state.fewest_steps, h["steps"]),
+            ).astype(jnp.int32),
             step_count=state.step_count + 1,
             info=info,
         )

@@ -72,7 +72,11 @@ def _rayleigh_ritz(z: Array, az: Array, k: int):
     dependent columns of ``z`` are dropped by a relative cut on ``z^T z``)."""
     gram = z.T @ z
     s, u = jnp.linalg.eigh(0.5 * (gram + gram.T))
-    keep = s > 1e-10 * jnp.maximum(jnp.max(s), jnp.finfo(s.dtype).tiny)
+    # Nearly dependent directions would give spurious Ritz pairs (and a badly
+    # scaled M); the cut follows the precision (1e-10 in float64, 1.2e-4 in
+    # float32, where 1e-10 let such pairs through and CG stalled).
+    cut = max(1e-10, 1e3 * float(jnp.finfo(s.dtype).eps))
+    keep = s > cut * jnp.maximum(jnp.max(s), jnp.finfo(s.dtype).tiny)
     t = u * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, s, 1)), 0)
     g = t.T @ (z.T @ az) @ t
     g = 0.5 * (g + g.T)
