@@ -27,8 +27,8 @@ Cases (``eta = --eta``, default 1200, for all of them):
   Gaussian blob, ``n = m = --n``, or ``N`` for ``points-N``), squared Euclidean
   cost, uniform marginals. The default list has ``points-2000`` and
   ``points-5000`` (whose dense cost matrix alone is 200 MB in float64). SNS keeps
-  its default ``k = max(32, n / 25)`` entries per row (32, 80, 200 at ``n = 500,
-  2000, 5000``): a fixed ``k = 32`` stalls at ``n = 5000`` (200 Newton steps, error
+  its default ``k = max(32, ceil(n / 20))`` entries per row (32, 100, 250 at
+  ``n = 500, 2000, 5000``): a fixed ``k = 32`` stalls at ``n = 5000`` (200 Newton steps, error
   1e-4), since the number of points a row of the plan spreads over grows with
   ``n``.
 * ``points-N-online`` (``points-20000-online`` in the default list): the clouds
@@ -51,7 +51,7 @@ Methods:
 * ``jaxsolve-sns``: :func:`jaxsolve.solvers.ot.sinkhorn_newton_sparse` (a
   per-case number of Sinkhorn warm-up steps, 20, or 700 for ``digits-l1``, then at
   most ``--max-newton-steps`` sparse Newton steps with SNS's default ``k`` entries
-  per row, ``max(32, n / 25)``; ``--warmup`` and ``--k`` override them for every
+  per row, ``max(32, ceil(n / 20))``; ``--warmup`` and ``--k`` override them for every
   case), jitted.
 * ``jaxsolve-sinkhorn``: :func:`jaxsolve.solvers.ot.sinkhorn`, jitted.
 * ``ott-sinkhorn``: ``ott.solvers.linear.sinkhorn.Sinkhorn`` (log domain, marginal
@@ -221,7 +221,7 @@ def make_case(name: str, n: int, floor: float, online_eps: float = 1e-3) -> Case
         x = jax.random.uniform(kx, (n, 2), jnp.float64)
         y = 0.5 + 0.15 * jax.random.normal(ky, (n, 2), jnp.float64)
         a = np.full(n, 1.0 / n)
-        # SNS's default k, max(32, n / 25), follows the plan's rows, which spread
+        # SNS's default k, max(32, ceil(n / 20)), follows the plan's rows, which spread
         # over the points within ~sqrt(epsilon), a number that grows like n.
         case = Case(np.asarray(sqeuclidean_cost(x, y)), a, a)
         if n > 3000:

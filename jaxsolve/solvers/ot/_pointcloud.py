@@ -72,8 +72,8 @@ class PointCloud(eqx.Module):
             each row), ``"auto"`` (default) dense up to ``2**22`` entries.
         plan_k: entries per row of a sparse plan (static).
 
-    With SNS, give ``k`` for large clouds: its default ``max(32, n / 25)`` (800 at
-    ``n = 20,000``) makes each reselection a top-800 of every row (about 25 s
+    With SNS, give ``k`` for large clouds: its default ``max(32, ceil(n / 20))``
+    (1,000 at ``n = 20,000``) makes each reselection a top-1000 of every row (about 25 s
     at ``n = 20,000`` on 2 busy cores, against 2-3 s for a pass of sums).
 
     ``sol.cost`` is the regularised cost ``<C, P> + epsilon sum P log P`` with its
