@@ -167,7 +167,8 @@ def test_random_assignment_paper_case():
     sol = solve(C, a)
     assert bool(sol.succeeded), sol.message
     assert float(marginal_error(sol.plan, a, a)) <= 1e-9
-    assert int(sol.stats["sinkhorn_steps"]) == 20
+    # The 20 warm-up steps and at most a couple after a slow Newton step.
+    assert 20 <= int(sol.stats["sinkhorn_steps"]) <= 22, sol.stats
     assert int(sol.num_steps) <= 32, sol.stats
     assert bool(jnp.all(jnp.isfinite(sol.plan)))
     # A near-permutation: most of the mass of each row sits on one entry.
