@@ -229,6 +229,15 @@ def test_bad_hyperparameters():
         bilevel.aid(_upper_q, _lower_q, learning_rate=-1.0, inner_lr=0.1)
     with pytest.raises(ValueError, match="alpha"):
         bilevel.lv_hba(_upper_q, _lower_q, alpha=0.0)
+    for bad, name in [
+        (dict(recycle_refresh=0), "recycle_refresh"),
+        (dict(recycle_spectral=-1), "recycle_spectral"),
+        (dict(recycle_dim=0, recycle_solutions=0, recycle_spectral=0), "recycle"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            bilevel.aid(
+                _upper_q, _lower_q, learning_rate=0.1, inner_lr=0.1, recycle=True, **bad
+            )
     with pytest.raises(ValueError, match="momentum"):
         bilevel.bo_rep(
             _upper_q, _lower_q, learning_rate=0.1, inner_lr=0.1, momentum=1.0
