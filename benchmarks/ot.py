@@ -28,9 +28,9 @@ Cases (``eta = --eta``, default 1200, for all of them):
   cost, uniform marginals. The default list has ``points-2000`` and
   ``points-5000`` (whose dense cost matrix alone is 200 MB in float64). SNS keeps
   its default ``k = max(32, ceil(n / 20))`` entries per row (32, 100, 250 at
-  ``n = 500, 2000, 5000``): a fixed ``k = 32`` stalls at ``n = 5000`` (200 Newton steps, error
-  1e-4), since the number of points a row of the plan spreads over grows with
-  ``n``.
+  ``n = 500, 2000, 5000``): a fixed ``k = 32`` stalls at ``n = 5000`` (200
+  Newton steps, error 1e-4), since the number of points a row of the plan
+  spreads over grows with ``n``.
 * ``points-N-online`` (``points-20000-online`` in the default list): the clouds
   of ``points-N`` given to the jaxsolve solvers as a
   :class:`jaxsolve.solvers.ot.PointCloud`, so that neither ``C`` nor the plan is
