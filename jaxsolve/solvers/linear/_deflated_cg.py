@@ -35,7 +35,7 @@ from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._krylov import krylov_solve, start_result
 
-__all__ = ["deflated_cg", "recycled_cg", "ritz_basis"]
+__all__ = ["deflated_cg", "rayleigh_ritz", "recycled_cg", "ritz_basis"]
 
 
 def _pinv_sym(e: Array) -> Array:
@@ -176,11 +176,26 @@ def ritz_basis(
     ).astype(basis.dtype)
     z = jnp.concatenate([basis, p_rec], axis=1) * used
     az = jnp.concatenate([aw, ap_rec], axis=1) * used
+    theta, y, kept = rayleigh_ritz(z, az, k, largest=largest)
+    valid = jnp.arange(k) < kept
+    vectors = (z @ y) * valid
+    if return_values:
+        return vectors, jnp.where(valid, theta, 0)
+    return vectors
+
+
+def rayleigh_ritz(z: Array, az: Array, count: int, *, largest: bool, cut=1e-10):
+    r"""Rayleigh-Ritz for a symmetric ``A`` on ``span(z)`` from the products
+    ``az = A z``: the ``count`` smallest (or ``largest``) Ritz values ``theta``
+    of ``z^T A z y = theta z^T z y``, in that order, their coefficients ``y``
+    (``(z.shape[1], count)``: the Ritz vectors are ``z y``, orthonormal, and their
+    products ``az y``) and the span's numerical dimension. Directions that are
+    (nearly) dependent, a ``z^T z`` eigenvalue below ``cut`` times the largest,
+    get no weight and sort after every kept one; so do the zero columns padded
+    in when ``count`` exceeds ``z``'s columns."""
     gram = z.T @ z
     s, u = jnp.linalg.eigh(0.5 * (gram + gram.T))
-    # Directions that CG made (nearly) dependent are dropped: Z^T Z's eigenvalues
-    # below a relative cut get no weight, and a large Ritz value so as not to be kept.
-    keep = s > 1e-10 * jnp.maximum(jnp.max(s), jnp.finfo(s.dtype).tiny)
+    keep = s > cut * jnp.maximum(jnp.max(s), jnp.finfo(s.dtype).tiny)
     t = u * jnp.where(keep, lax.rsqrt(jnp.where(keep, s, 1)), 0)
     g = t.T @ (z.T @ az) @ t
     g = 0.5 * (g + g.T)
@@ -191,12 +206,11 @@ def ritz_basis(
         theta, q = theta[::-1], q[:, ::-1]
     else:
         theta, q = jnp.linalg.eigh(g + jnp.diag(jnp.where(keep, 0, big)))
-    y = t @ q[:, :k]
-    valid = jnp.arange(k) < jnp.sum(keep)
-    vectors = (z @ y) * valid
-    if return_values:
-        return vectors, jnp.where(valid, theta[:k], 0)
-    return vectors
+    theta, y = theta[:count], t @ q[:, :count]
+    pad = count - theta.shape[0]
+    theta = jnp.pad(theta, (0, pad))
+    y = jnp.pad(y, ((0, 0), (0, pad)))
+    return theta, y, jnp.sum(keep)
 
 
 def recycled_cg(

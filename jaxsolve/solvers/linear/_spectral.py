@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._deflated_cg import rayleigh_ritz
+
 __all__ = ["SpectralPreconditioner", "spectral_update", "spectral_refresh"]
 
 
@@ -67,29 +69,15 @@ class SpectralPreconditioner(eqx.Module):
 
 
 def _rayleigh_ritz(z: Array, az: Array, k: int):
-    """The ``k + 1`` largest Ritz pairs of ``A`` on ``span(z)`` from the products
-    ``az`` (``A z``): values in descending order, orthonormal vectors and their
-    products, and how many are valid (the span's numerical dimension; zero or
-    dependent columns of ``z`` are dropped by a relative cut on ``z^T z``)."""
-    gram = z.T @ z
-    s, u = jnp.linalg.eigh(0.5 * (gram + gram.T))
+    """The ``k + 1`` largest Ritz pairs of ``A`` on ``span(z)``
+    (:func:`~._deflated_cg.rayleigh_ritz`): values in descending order,
+    orthonormal vectors and their products, and the span's dimension."""
     # Nearly dependent directions would give spurious Ritz pairs (and a badly
     # scaled M); the cut follows the precision (1e-10 in float64, 1.2e-4 in
     # float32, where 1e-10 let such pairs through and CG stalled).
-    cut = max(1e-10, 1e3 * float(jnp.finfo(s.dtype).eps))
-    keep = s > cut * jnp.maximum(jnp.max(s), jnp.finfo(s.dtype).tiny)
-    t = u * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, s, 1)), 0)
-    g = t.T @ (z.T @ az) @ t
-    g = 0.5 * (g + g.T)
-    # Dropped directions sink below every kept value.
-    big = 1e3 * (1 + jnp.max(jnp.abs(g)))
-    theta, q = jnp.linalg.eigh(g - jnp.diag(jnp.where(keep, 0, big)))
-    theta, q = theta[::-1][: k + 1], q[:, ::-1][:, : k + 1]
-    y = t @ q
-    pad = k + 1 - theta.shape[0]  # a span of fewer than k + 1 columns
-    theta = jnp.pad(theta, (0, pad))
-    y = jnp.pad(y, ((0, 0), (0, pad)))
-    return theta, z @ y, az @ y, jnp.sum(keep)
+    cut = max(1e-10, 1e3 * float(jnp.finfo(z.dtype).eps))
+    theta, y, valid = rayleigh_ritz(z, az, k + 1, largest=True, cut=cut)
+    return theta, z @ y, az @ y, valid
 
 
 def _from_pairs(theta, vectors, products, valid, k: int, old_sigma):
