@@ -71,26 +71,40 @@ def sinkhorn_stage(p: Problem, f, g, max_steps, halvings: int = 0, per_level=1):
 
 def _at(p: Problem, t, halvings, per_level):
     """``p`` at the epsilon of step ``t`` of the schedule (see
-    :func:`sinkhorn_stage`)."""
-    if halvings == 0:
+    :func:`sinkhorn_stage`; ``halvings`` a static int or a traced one, whose 0
+    gives ``epsilon`` times exactly 1)."""
+    if isinstance(halvings, int) and halvings == 0:
         return p
     level = jnp.clip(halvings - t // per_level, 0, halvings)
     return p._replace(epsilon=p.epsilon * jnp.exp2(level.astype(p.epsilon.dtype)))
 
 
-def _steps(p: Problem, f, g, lse, err, max_steps, halvings=0, per_level=1, until=None):
+def _steps(
+    p: Problem,
+    f,
+    g,
+    lse,
+    err,
+    max_steps,
+    halvings=0,
+    per_level=1,
+    until=None,
+    until_off=False,
+):
     """The loop of :func:`sinkhorn_stage`, from ``lse``, the row log-sum-exp
     of ``g`` at the first step's epsilon, and the marginal error ``err``; with
-    ``until``, it also stops after any step that leaves ``err <= until``.
+    ``until``, it also stops after any step that leaves ``err <= until``
+    (unless ``until_off``, a traced bool). ``halvings``: static or traced.
     Returns ``(f, g, lse, err, num_steps)``."""
     ok = p.result == RESULTS.successful
+    static_zero = isinstance(halvings, int) and halvings == 0
 
     def keep_going(state):
         _, _, _, err, t = state
-        scaled = (t < halvings * per_level) if halvings else False
+        scaled = False if static_zero else (t < halvings * per_level)
         going = ok & ((err > p.tol) | scaled)
         if until is not None:
-            going = going & ((t == 0) | (err > until))
+            going = going & ((t == 0) | (err > until) | until_off)
         return going
 
     def step(state):
@@ -108,7 +122,18 @@ def _steps(p: Problem, f, g, lse, err, max_steps, halvings=0, per_level=1, until
     return f, g, lse, err, num_steps
 
 
-def sinkhorn_block(p: Problem, f, g, rows, err, max_steps, until):
+def sinkhorn_block(
+    p: Problem,
+    f,
+    g,
+    rows,
+    err,
+    max_steps,
+    until,
+    warm_up=None,
+    halvings: int = 0,
+    per_level: int = 1,
+):
     """Sinkhorn steps at ``p.epsilon`` from a point whose plan's row sums
     ``rows = P 1`` and marginal error ``err`` are known (a Newton step's): at
     least one (if ``max_steps >= 1``), then on while the error is above
@@ -118,16 +143,52 @@ def sinkhorn_block(p: Problem, f, g, rows, err, max_steps, until):
     Two passes over ``C`` a step and none besides: the first row log-sum-exp
     is ``log (P 1)_i - f_i / epsilon`` (the exact two-pass one if a row sum on
     the support is not a normal positive number).
+
+    ``warm_up`` (a traced bool, SNS's first iteration): where true, the steps of
+    :func:`sinkhorn_stage` instead (``rows``, ``err`` and ``until`` unused; the
+    epsilon schedule of the static ``halvings``, ``per_level``), so that one
+    traced Sinkhorn loop serves the warm-up and the blocks (half the code to
+    compile).
     """
     tiny = float(jnp.finfo(rows.dtype).tiny)
     active = p.a > 0
     fine = jnp.all((rows >= tiny) & (rows < jnp.inf) | ~active)
+    if warm_up is None:
+        lse = lax.cond(
+            fine,
+            lambda: jnp.where(active, _log(rows) - f / p.epsilon, 0),
+            lambda: _row_lse(g, p),
+        )
+        f, g, _, _, num_steps = _steps(p, f, g, lse, err, max_steps, until=until)
+        return f, g, num_steps
+    h = jnp.where(warm_up, halvings, 0) if halvings else 0
+    q = _at(p, jnp.asarray(0, jnp.int32), h, per_level)
+
+    def exact():
+        # The warm-up's log-sum-exp takes f's guess (see _row_lse); a block's
+        # fallback is the exact one, which a NaN guess forces.
+        if not isinstance(p.C, kernel.BothLayouts):
+            return _row_lse(g, q)
+        guess = jnp.where(active, _log(p.a) - f / q.epsilon, 0)
+        guess = jnp.where(warm_up, guess, jnp.nan)
+        return kernel.row_lse(q.C, g, q.epsilon, q.b, guess, active)
+
     lse = lax.cond(
-        fine,
+        fine & ~warm_up,
         lambda: jnp.where(active, _log(rows) - f / p.epsilon, 0),
-        lambda: _row_lse(g, p),
+        exact,
     )
-    f, g, _, _, num_steps = _steps(p, f, g, lse, err, max_steps, until=until)
+    if not halvings:
+        # Without a schedule the warm-up's first test uses its error; with
+        # one, the schedule's first level runs whatever the error.
+        err = lax.cond(
+            warm_up,
+            lambda: _row_error(f, lse, q) + _col_error(f, g, q),
+            lambda: jnp.asarray(err, rows.dtype),
+        )
+    f, g, _, _, num_steps = _steps(
+        p, f, g, lse, err, max_steps, h, per_level, until, warm_up
+    )
     return f, g, num_steps
 
 
