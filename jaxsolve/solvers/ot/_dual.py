@@ -171,6 +171,24 @@ def row_potential(g, C, a, b, epsilon):
     return jnp.where(ok, epsilon * (jnp.log(jnp.where(ok, a, 1)) - lse), 0)
 
 
+@jax.custom_jvp
+def _row_potential_tangent(g, C, a, b, epsilon):
+    """Zero, with the derivatives of :func:`row_potential`: ``f_loop + this``
+    has the loop's value and the derivatives of ``f(g)`` (of every order), as
+    ``f_loop + (f(g) - stop_gradient(f(g)))`` has, but a solve that is not
+    differentiated never forms ``f(g)`` (a log-sum-exp pass less to compile
+    and run)."""
+    return jnp.zeros(a.shape, g.dtype)
+
+
+@_row_potential_tangent.defjvp
+def _row_potential_tangent_jvp(primals, tangents):
+    # The primal output calls the function again, so that an outer
+    # differentiation (second order) applies this rule once more.
+    _, d_f = jax.jvp(row_potential, primals, tangents)
+    return _row_potential_tangent(*primals), d_f
+
+
 def _column_scale(b):
     """A typical column sum of the plan, ``sum(b) / m``: the scale of the
     identity off the support and of the rank-one gauge term."""
@@ -233,16 +251,14 @@ def marginal_error(plan, a, b):
     return jnp.sum(jnp.abs(plan.sum(1) - a)) + jnp.sum(jnp.abs(plan.sum(0) - b))
 
 
-def _dual_value(f, g, C, a, b, epsilon):
-    return (
-        jnp.vdot(f, a)
-        + jnp.vdot(g, b)
-        - epsilon * kernel.total_mass(C, f, g, epsilon, a, b)
-    )
+def _dual_value(f, g, C, a, b, epsilon, mass=None):
+    if mass is None:
+        mass = kernel.total_mass(C, f, g, epsilon, a, b)
+    return jnp.vdot(f, a) + jnp.vdot(g, b) - epsilon * mass
 
 
 @jax.custom_jvp
-def dual_cost(f, g, C, a, b, epsilon):
+def dual_cost(f, g, C, a, b, epsilon, mass=None):
     r"""The regularised OT cost at optimal potentials, as the dual objective
     ``D = <f, a> + <g, b> - epsilon sum_ij P_ij``, with its envelope derivative.
 
@@ -258,14 +274,18 @@ def dual_cost(f, g, C, a, b, epsilon):
     (``d(-epsilon sum P)/dC = P``, ``d(-epsilon sum P)/d epsilon = sum P log P``),
     which is how it is computed: one ``jvp`` in ``(C, a, b, epsilon)``, so a
     :class:`PointCloud`'s points get ``<P, dC>`` through their blocks of ``C``.
+
+    ``mass``: ``sum_ij P_ij`` when the caller has it (the sum of the plan it
+    formed), so that an undifferentiated cost takes no pass of its own (one
+    ``exp`` kernel less to compile); derivatives never use it.
     """
-    return _dual_value(f, g, C, a, b, epsilon)
+    return _dual_value(f, g, C, a, b, epsilon, mass)
 
 
 @dual_cost.defjvp
 def _dual_cost_jvp(primals, tangents):
-    f, g, C, a, b, epsilon = primals
-    _, _, dC, da, db, deps = tangents
+    f, g, C, a, b, epsilon, _ = primals
+    _, _, dC, da, db, deps, _ = tangents
     return jax.jvp(
         lambda C, a, b, epsilon: _dual_value(f, g, C, a, b, epsilon),
         (C, a, b, epsilon),
@@ -368,14 +388,14 @@ def solve_ot(
     # f is the loop's (so the plan is the one whose marginal error the loop
     # measured), with the derivative of the row update f(g): at the solution the
     # two agree to the tolerance, and f(g) is what the optimality condition uses.
-    f_of_g = row_potential(g, C, a, b, epsilon)
-    f = f_loop + (f_of_g - lax.stop_gradient(f_of_g))
+    f = f_loop + _row_potential_tangent(g, C, a, b, epsilon)
     f, g = gauge(f, g, a, b)
     plan = kernel.plan(C, f, g, epsilon, a, b)
-    cost = dual_cost(f, g, C, a, b, epsilon)
     if isinstance(plan, SparsePlan):  # the sums need a pass over the cloud
+        cost = dual_cost(f, g, C, a, b, epsilon)
         rows, cols = kernel.plan_sums(C, f, g, epsilon, a, b)
     else:  # sum the plan just formed rather than forming it again
+        cost = dual_cost(f, g, C, a, b, epsilon, jnp.sum(plan))
         rows, cols = plan.sum(1), plan.sum(0)
     rows, cols = lax.stop_gradient((rows, cols))
     err = jnp.sum(jnp.abs(rows - a)) + jnp.sum(jnp.abs(cols - b))

@@ -56,6 +56,7 @@ __all__ = [
     "pattern_log_plan",
     "phi_sum",
     "schur_col",
+    "support_max",
     "total_mass",
     "plan",
 ]
@@ -369,8 +370,8 @@ def phi_sum(C, f, g, epsilon, a, b, x, y) -> Array:
     """
     vector_form = isinstance(C, BothLayouts)
     ra, cb = a > 0, b > 0
-    y_hi = jnp.max(jnp.where(cb, y, -jnp.inf))
-    centre = (y_hi + jnp.min(jnp.where(cb, y, jnp.inf))) / 2
+    y_hi, y_lo = support_max(jnp.stack([y, -y]), cb)  # one reduction
+    centre = (y_hi + -y_lo) / 2
     x = jnp.where(ra, x + centre, 0)
     y = jnp.where(cb, y - centre, 0)
     if vector_form:
@@ -393,6 +394,13 @@ def phi_sum(C, f, g, epsilon, a, b, x, y) -> Array:
 
     init = jnp.zeros((), f.dtype)
     return _map_rows(C, fn, (f, ra, x), init, jnp.add)[1]
+
+
+def support_max(v, support) -> Array:
+    """``max_j v_ij`` over ``j`` where ``support`` (broadcast against ``v``,
+    ``(r, l)``), ``-inf`` where empty: ``(r,)``, by one reduction (several
+    extremes at the compile cost of one; ``min v = -max(-v)`` exactly)."""
+    return jnp.max(jnp.where(support, v, -jnp.inf), axis=-1)
 
 
 def schur_col(C, f, g, epsilon, a, b, d1) -> Array:

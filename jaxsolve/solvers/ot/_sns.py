@@ -116,6 +116,9 @@ def _newton_stage(
         solver = "dense"
     mass = jnp.sum(p.a)
     vb = (p.b > 0).astype(dtype)  # the columns' support
+    # The supports of x and y in z = (x, y).
+    on_x = jnp.concatenate([p.a > 0, jnp.zeros(m, bool)])
+    on_y = jnp.concatenate([jnp.zeros(n, bool), p.b > 0])
     unit = mass / max(n, m)  # the size of a typical row or column sum of P
     eps_dtype = float(jnp.finfo(dtype).eps)
     tiny = float(jnp.finfo(dtype).tiny)
@@ -265,15 +268,13 @@ def _newton_stage(
         ~1e10 in a row of mass ~1e-16, and halving from alpha = 1 would run
         out of halvings long before the step became sensible (issue 12's
         `stagnation` family)."""
-        x, y = z[:n], z[n:]
         # max |x_i + y_j| over the support, from the extremes of x and y
-        # (rounding is monotone, so this equals the entrywise maximum).
-        hi = jnp.max(jnp.where(p.a > 0, x, -jnp.inf)) + jnp.max(
-            jnp.where(p.b > 0, y, -jnp.inf)
+        # (rounding is monotone, so this equals the entrywise maximum), by
+        # one reduction: min(x) = -max(-x), exactly.
+        hi_x, hi_y, lo_x, lo_y = kernel.support_max(
+            jnp.stack([z, z, -z, -z]), jnp.stack([on_x, on_y, on_x, on_y])
         )
-        lo = jnp.min(jnp.where(p.a > 0, x, jnp.inf)) + jnp.min(
-            jnp.where(p.b > 0, y, jnp.inf)
-        )
+        hi, lo = hi_x + hi_y, -lo_x + -lo_y
         t_max = jnp.maximum(jnp.abs(hi), jnp.abs(lo))
         t_max = jnp.where(jnp.isfinite(t_max), t_max, 0)
         alpha0 = jnp.minimum(1, _MAX_EXPONENT_STEP / jnp.maximum(t_max, tiny))
