@@ -99,7 +99,10 @@ def _filled_blocks(offsets, j):
 
 def _sweep_prefix(count, blocks, w):
     """One Gram-Schmidt sweep over the first ``count`` blocks: ``h = W w`` and
-    ``h W`` (the other blocks' rows are zero: their ``h`` is 0)."""
+    ``w - h W`` (the other blocks' rows are zero: their ``h`` is 0). The
+    subtraction happens here, inside the switch, so that ``w`` reaches it as a
+    materialised operand: outside, XLA fused a stencil operator's product into
+    both the sweep and the subtraction and applied it twice a step."""
     hs = [blk @ w for blk in blocks[:count]]
     d = hs[0] @ blocks[0]
     for h_i, blk in zip(hs[1:], blocks[1:count], strict=True):
@@ -107,7 +110,7 @@ def _sweep_prefix(count, blocks, w):
     rest = sum(blk.shape[0] for blk in blocks[count:])
     if rest:
         hs.append(jnp.zeros((rest,), w.dtype))
-    return jnp.concatenate(hs) if len(hs) > 1 else hs[0], d
+    return jnp.concatenate(hs) if len(hs) > 1 else hs[0], w - d
 
 
 def _sweep_switch(blocks, w, j):
@@ -119,7 +122,7 @@ def _sweep_switch(blocks, w, j):
 
 @jax.custom_batching.custom_vmap
 def _sweep(blocks, w, j):
-    """``(h, h W)`` with ``h = W w``, sweeping only the blocks that hold rows
+    """``(h, w - h W)`` with ``h = W w``, sweeping only the blocks that hold rows
     ``0 .. j`` (one ``lax.switch``)."""
     return _sweep_switch(blocks, w, j)
 
@@ -243,8 +246,7 @@ def arnoldi_cycle(
         return (j < m) & (j - start < budget) & (jnp.abs(g[j]) > tol)
 
     def orthogonalise(blocks, w, j):
-        h, d = _sweep(blocks, w, j)
-        w = w - d
+        h, w = _sweep(blocks, w, j)
         return w, h, jnp.sqrt(jnp.vdot(w, w))
 
     def step(state):

@@ -228,6 +228,15 @@ def _dominant_subspace(kmat: Array, k: int, iterations: int, ritz: str) -> Array
     )
 
 
+def _combine(coef: Array, rows: Array) -> Array:
+    """``coef^T rows``: combinations (``(c, r)`` of ``r`` coefficient rows) of
+    ``n``-long rows. The small transpose is materialised first (the barrier
+    stops XLA from folding it into the product's dimension numbers): XLA:CPU's
+    product with a transposed left operand ran 1.3-1.4x slower at these shapes
+    (``(42, 21) x (21, 6400)``: 377 against 279 us, one core)."""
+    return lax.optimization_barrier(coef.T) @ rows
+
+
 def _products(
     coef_v: Array, coef_w: Array, cycle: ArnoldiCycle, start, ud_rows: Array
 ) -> tuple[Array, Array]:
@@ -249,14 +258,14 @@ def _products(
     if z is not None:
         # Flexible form: V_hat's Krylov columns are the preconditioned Z rows.
         head_v = jnp.where(start > 0, ud_rows, z[:k])
-        along_v = coef_v[:k].T @ head_v + coef_v[k:].T @ z[k:]
-        along_w = coef_w[:k].T @ head_w + coef_w[k:].T @ cycle.basis[k:]
+        along_v = _combine(coef_v[:k], head_v) + _combine(coef_v[k:], z[k:])
+        along_w = _combine(coef_w[:k], head_w) + _combine(coef_w[k:], cycle.basis[k:])
         return along_v, along_w
     head_v = jnp.where(start > 0, ud_rows, head_w)
     tail_v = jnp.concatenate([coef_v[k:], jnp.zeros((1, c), coef_v.dtype)])
-    tail = jnp.concatenate([tail_v, coef_w[k:]], axis=1).T @ cycle.basis[k:]
-    along_v = coef_v[:k].T @ head_v + tail[:c]
-    along_w = coef_w[:k].T @ head_w + tail[c:]
+    tail = _combine(jnp.concatenate([tail_v, coef_w[k:]], axis=1), cycle.basis[k:])
+    along_v = _combine(coef_v[:k], head_v) + tail[:c]
+    along_w = _combine(coef_w[:k], head_w) + tail[c:]
     return along_v, along_w
 
 
