@@ -493,6 +493,16 @@ def gcrodr(
             the last cycle (static). ``1`` is Parks et al.'s GCRO-DR; in between,
             a cycle minimises over the kept ``range(U)`` and its new Krylov
             directions, which is still exact GCRO, only with a staler ``U``.
+            Keep ``1`` for indefinite problems: on Helmholtz systems (omega 20,
+            48x48 and 60x60, rtol 1e-7 to 1e-8) every even ``ritz_every`` (2, 4,
+            6) made GCRO-DR stagnate (a 60x60 system: 36002 products without
+            converging, against 2554 at ``1``; 8 sorted 48x48 systems: 3 of 8
+            not converged, 140983 products against 18756), while 3 and 5 cost
+            7-51 % more products than ``1`` on the same systems. A guess at the
+            cause, not verified: restarted cycles on a symmetric indefinite
+            operator alternate between two residual phases, and an even period
+            refreshes ``U`` in the same phase every time. On the SPD Darcy
+            family 2 and 3 cost no more products than 1.
 
     Returns:
         :class:`RecycleSolution`: ``.value = x``, ``.num_steps`` (Arnoldi steps),
