@@ -9,9 +9,15 @@ For each case, a fresh compilation (``jax.clear_caches()`` before each) of::
 solve; the cost alone would take the envelope derivative, which needs none),
 split into tracing (``jax.jit(f).trace``), lowering to StableHLO
 (``traced.lower()``) and XLA's compilation (``lowered.compile()``), medians of
-``--repeats`` compilations. With ``--ops`` it also counts the lowered module's
-operations (``stablehlo.while``, ``case``/``if``, ``sort``, ``custom_call``,
-all ops) to show which parts of a solver dominate.
+``--repeats`` compilations. Times are the process's CPU time
+(``time.process_time``; compilation runs on the calling thread and XLA's pool,
+all of it counted), which on a shared machine varies less than wall time (on
+one pinned core they are the same up to time the core is taken away); the
+``fusions`` column counts XLA's fused kernels in the compiled module, which
+each cost LLVM code generation (most of the compile time, ~10-30 ms a
+vector or matrix kernel, the most for those with ``exp``/``log``). With
+``--ops`` it also counts the lowered module's operations (``stablehlo.while``,
+``case``/``if``, ``sort``, ``custom_call``, all ops).
 
 Cases (float64, ``C ~ U[0, 1]``, uniform marginals, ``eta = 1200``):
 ``sns-60x50`` (SNS defaults; at this size ``newton_solver="auto"`` takes dense
@@ -59,14 +65,14 @@ def _functions(kind, options, eta, W):
 
 def _time_once(fn, C):
     jax.clear_caches()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     traced = jax.jit(fn).trace(C)
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     lowered = traced.lower()
-    t2 = time.perf_counter()
-    lowered.compile()
-    t3 = time.perf_counter()
-    return (t1 - t0, t2 - t1, t3 - t2), lowered
+    t2 = time.process_time()
+    compiled = lowered.compile()
+    t3 = time.process_time()
+    return (t1 - t0, t2 - t1, t3 - t2), lowered, compiled
 
 
 _OPS = {
@@ -95,13 +101,16 @@ def main():
     parser.add_argument("--ops", action="store_true", help="count the lowered ops")
     args = parser.parse_args()
     print(
-        f"jax {jax.__version__}, median of {args.repeats} fresh compilations (seconds)"
+        f"jax {jax.__version__}, median of {args.repeats} fresh compilations "
+        "(CPU seconds)"
     )
     header = f"{'case':16s} {'what':9s} {'trace':>7s} {'lower':>7s} {'compile':>8s}"
-    header += f" {'total':>7s}"
+    header += f" {'total':>7s} {'fusions':>8s}"
     if args.ops:
         header += "   while  cond  sort  cc   calls    ops"
     print(header)
+    # XLA's first compilation in a process sets up its compiler: not counted.
+    jax.jit(lambda x: jnp.exp(x).sum()).lower(jnp.ones(3)).compile()
     rng = np.random.default_rng(0)
     for name in args.cases:
         n, m, kind, options = CASES[name]
@@ -109,14 +118,17 @@ def main():
         W = jnp.asarray(rng.normal(size=(n, m)))
         fns = _functions(kind, options, args.eta, W)
         for what in args.what:
-            times, lowered = [], None
+            times, lowered, compiled = [], None, None
             for _ in range(args.repeats):
-                t, lowered = _time_once(fns[what], C)
+                t, lowered, compiled = _time_once(fns[what], C)
                 times.append(t)
+            fusions = sum(
+                " fusion(" in line for line in compiled.as_text().splitlines()
+            )
             tr, lo, co = (statistics.median(x) for x in zip(*times, strict=True))
             line = (
                 f"{name:16s} {what:9s} {tr:7.2f} {lo:7.2f} {co:8.2f} "
-                f"{tr + lo + co:7.2f}"
+                f"{tr + lo + co:7.2f} {fusions:8d}"
             )
             if args.ops:
                 c = count_ops(lowered.as_text())
