@@ -153,42 +153,66 @@ def sinkhorn_block(
     tiny = float(jnp.finfo(rows.dtype).tiny)
     active = p.a > 0
     fine = jnp.all((rows >= tiny) & (rows < jnp.inf) | ~active)
-    if warm_up is None:
-        lse = lax.cond(
-            fine,
-            lambda: jnp.where(active, _log(rows) - f / p.epsilon, 0),
-            lambda: _row_lse(g, p),
-        )
-        f, g, _, _, num_steps = _steps(p, f, g, lse, err, max_steps, until=until)
-        return f, g, num_steps
+    warm_up = jnp.asarray(False) if warm_up is None else warm_up
     h = jnp.where(warm_up, halvings, 0) if halvings else 0
-    q = _at(p, jnp.asarray(0, jnp.int32), h, per_level)
+    ok = p.result == RESULTS.successful
+    err = jnp.asarray(err, rows.dtype)
 
-    def exact():
-        # The warm-up's log-sum-exp takes f's guess (see _row_lse); a block's
-        # fallback is the exact one, which a NaN guess forces.
-        if not isinstance(p.C, kernel.BothLayouts):
-            return _row_lse(g, q)
-        guess = jnp.where(active, _log(p.a) - f / q.epsilon, 0)
-        guess = jnp.where(warm_up, guess, jnp.nan)
-        return kernel.row_lse(q.C, g, q.epsilon, q.b, guess, active)
+    # The loop is rotated against _steps': an iteration first forms the row
+    # log-sum-exp of the current g (at t = 0 from ``rows`` when it can) and
+    # the error, decides, and only then updates f and g. So the row
+    # log-sum-exp is traced once, not once before the loop and once in it;
+    # the passes are the same.
+    def row_lse(t, f, g):
+        q = _at(p, t, h, per_level)
 
-    lse = lax.cond(
-        fine & ~warm_up,
-        lambda: jnp.where(active, _log(rows) - f / p.epsilon, 0),
-        exact,
-    )
-    if not halvings:
-        # Without a schedule the warm-up's first test uses its error; with
-        # one, the schedule's first level runs whatever the error.
-        err = lax.cond(
-            warm_up,
-            lambda: _row_error(f, lse, q) + _col_error(f, g, q),
-            lambda: jnp.asarray(err, rows.dtype),
+        def exact():
+            # A step's log-sum-exp takes f's guess (see _row_lse); a block's
+            # first, when a row sum is not normal, is the exact one, which a
+            # NaN guess forces.
+            if not isinstance(p.C, kernel.BothLayouts):
+                return _row_lse(g, q)
+            guess = jnp.where(active, _log(p.a) - f / q.epsilon, 0)
+            guess = jnp.where(warm_up | (t > 0), guess, jnp.nan)
+            return kernel.row_lse(q.C, g, q.epsilon, q.b, guess, active)
+
+        from_rows = (t == 0) & fine & ~warm_up
+        return lax.cond(
+            from_rows, lambda: jnp.where(active, _log(rows) - f / p.epsilon, 0), exact
+        ), q
+
+    def first_error(f, g, lse, q):
+        if halvings:
+            # With a schedule the first level runs whatever the error.
+            return err
+        # Without one the warm-up's first test uses its own error.
+        return lax.cond(
+            warm_up, lambda: _row_error(f, lse, q) + _col_error(f, g, q), lambda: err
         )
-    f, g, _, _, num_steps = _steps(
-        p, f, g, lse, err, max_steps, h, per_level, until, warm_up
-    )
+
+    def body(state):
+        f, g, t, _ = state
+        lse, q = row_lse(t, f, g)
+        e = lax.cond(
+            t == 0,
+            lambda: first_error(f, g, lse, q),
+            lambda: _row_error(f, lse, q),
+        )
+        scaled = (t < h * per_level) if halvings else False
+        go = ok & ((e > p.tol) | scaled) & (t < max_steps)
+        go = go & ((t == 0) | (e > until) | warm_up)
+
+        def update():
+            f_ = jnp.where(p.a > 0, q.epsilon * (_log(p.a) - lse), 0)
+            # The potential being replaced guesses each log-sum-exp.
+            g_ = jnp.where(p.b > 0, q.epsilon * (_log(p.b) - _col_lse(f_, q, g)), 0)
+            return f_, g_
+
+        f, g = lax.cond(go, update, lambda: (f, g))
+        return f, g, t + go.astype(jnp.int32), go
+
+    init = (f, g, jnp.asarray(0, jnp.int32), jnp.asarray(True))
+    f, g, num_steps, _ = lax.while_loop(lambda s: s[3], body, init)
     return f, g, num_steps
 
 
