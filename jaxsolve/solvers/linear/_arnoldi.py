@@ -221,7 +221,10 @@ def arnoldi_cycle(
             ``start`` the unit residual ``r / beta``; the other rows must be
             zero (they are filled step by step).
         hess: ``(m + 1, m)``; its columns ``< start`` hold ``D`` on the diagonal
-            (``A U D = C D``), the others are ignored.
+            (``A U D = C D``), the others are ignored. Its dtype is that of the
+            small matrices (``G``, the rotations, ``g``); the basis may be held
+            in a lower precision (``matvec`` then maps the basis's dtype to
+            itself).
         start: ``p`` (static): 0 for GMRES, ``k`` for GCRO-DR.
         beta: ``||r||``.
         tol: the residual norm at which to stop.
@@ -234,7 +237,10 @@ def arnoldi_cycle(
             form).
     """
     m = hess.shape[1]
-    dtype = basis.dtype
+    # The n-long rows are held in the basis's dtype, the small projected
+    # matrices in the Hessenberg matrix's (higher, in GCRO-DR's mixed precision).
+    work = basis.dtype
+    dtype = hess.dtype
     hess = hess * (jnp.arange(m) < start).astype(dtype)
     rot = jnp.eye(m + 1, dtype=dtype)
     g = jnp.zeros((m + 1,), dtype).at[start].set(beta)
@@ -247,7 +253,7 @@ def arnoldi_cycle(
 
     def orthogonalise(blocks, w, j):
         h, w = _sweep(blocks, w, j)
-        return w, h, jnp.sqrt(jnp.vdot(w, w))
+        return w, h.astype(dtype), jnp.sqrt(jnp.vdot(w, w)).astype(dtype)
 
     def step(state):
         blocks, v, hess, rot, tri, g, j, zs = state
@@ -268,7 +274,7 @@ def arnoldi_cycle(
 
         w, h, h_next = lax.cond(cancelled, again, lambda a: a, (w, h, h_next))
         # h_next = 0 is a "happy breakdown": the solution lies in the space.
-        v = w / jnp.where(h_next == 0, 1, h_next)
+        v = w / jnp.where(h_next == 0, 1, h_next).astype(work)
         blocks = _write(blocks, offsets, v, j + 1)
         col = h.at[j + 1].set(h_next)
         hess = hess.at[:, j].set(col)
@@ -284,7 +290,7 @@ def arnoldi_cycle(
 
     # The carry holds the newest basis vector itself (the next product's input)
     # rather than reading it back from the blocks.
-    zs = None if precond is None else jnp.zeros((m, basis.shape[1]), dtype)
+    zs = None if precond is None else jnp.zeros((m, basis.shape[1]), work)
     init = (
         blocks,
         basis[start],

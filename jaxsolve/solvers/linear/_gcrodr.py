@@ -83,6 +83,9 @@ _RITZ_ITERATIONS = 16
 # With ritz_every > 1, a cycle that left more than this fraction of its residual
 # (a near stagnation) refreshes the recycle space anyway.
 _SLOW_CYCLE = 0.9
+# Mixed precision (work_dtype below b's): the residual is recomputed as b - A x
+# once the recurrence has fallen by this factor since the last such residual.
+_TRUE_RESIDUAL_EVERY = 1e-3
 
 
 class RecycleSpace(eqx.Module):
@@ -160,6 +163,7 @@ def _ritz_subspace(
     ``V^T U D`` is computed from the ``n``-long rows."""
     basis = cycle.basis
     m = cycle.hess.shape[1]
+    small = cycle.hess.dtype
     cols = jnp.arange(m)
     used = cols < start + cycle.steps
     tri = cycle.tri[:m]
@@ -174,16 +178,16 @@ def _ritz_subspace(
         # below `start` are zero, and so is U D when start = 0: their sum holds
         # V_hat's rows in both cases.
         v_hat = cycle.precond_basis.at[:k].add(ud_rows)
-        w_v = basis @ v_hat.T
+        w_v = (basis @ v_hat.T).astype(small)
     elif cu_d is None:
-        wu_k = basis @ ud_rows.T
+        wu_k = (basis @ ud_rows.T).astype(small)
     else:
         # The first k rows of W are C when start = k; when start = 0 these
         # columns are masked below (and U D is zero anyway).
-        wu_k = jnp.concatenate([cu_d, basis[k:] @ ud_rows.T])
+        wu_k = jnp.concatenate([cu_d, (basis[k:] @ ud_rows.T).astype(small)])
     if cycle.precond_basis is None:
-        wu = jnp.zeros((m + 1, m), basis.dtype).at[:, :k].set(wu_k)
-        eye = jnp.eye(m + 1, m, dtype=basis.dtype)
+        wu = jnp.zeros((m + 1, m), small).at[:, :k].set(wu_k)
+        eye = jnp.eye(m + 1, m, dtype=small)
         w_v = jnp.where(cols[None, :] < start, wu, eye)
     # K = G^+ W^T V_hat = R^{-1} (Q^T)[:m] W^T V_hat. LU rather than
     # solve_triangular: XLA:CPU's triangular solve with a matrix right-hand side
@@ -237,7 +241,7 @@ def _combine(coef: Array, rows: Array) -> Array:
     stops XLA from folding it into the product's dimension numbers): XLA:CPU's
     product with a transposed left operand ran 1.3-1.4x slower at these shapes
     (``(42, 21) x (21, 6400)``: 377 against 279 us, one core)."""
-    return lax.optimization_barrier(coef.T) @ rows
+    return lax.optimization_barrier(coef.T).astype(rows.dtype) @ rows
 
 
 def _products(
@@ -319,9 +323,17 @@ def _update(
     return dx, dr, u_rows, c_rows, cu
 
 
-def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int = 1):
+def _make_loop(
+    m: int,
+    k: int,
+    recycle_rows,
+    ritz: str = "auto",
+    ritz_every: int = 1,
+    work_dtype=None,
+):
     """The GCRO-DR(m, k) loop for :func:`krylov_solve`; ``recycle_rows`` is
-    ``None`` or ``U`` as rows ``(k, n)``."""
+    ``None`` or ``U`` as rows ``(k, n)``; ``work_dtype`` the dtype of the
+    ``n``-long Krylov rows (``None``: ``b``'s)."""
 
     def loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
         # U lives in x's space and C = A U whether or not there is a
@@ -329,12 +341,20 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
         # the module docstring), so nothing recycled depends on this system's M.
         n = b.shape[0]
         dtype = b.dtype
+        work = dtype if work_dtype is None else jnp.dtype(work_dtype)
+        mixed = work != dtype
         eps = jnp.finfo(dtype).eps * 1e3
         result = start_result(input_code, r)
         x = x0
+        # The Arnoldi steps, the recycle space and the cycle-end products run on
+        # rows of the work dtype; x, the residual and the small matrices keep
+        # b's (see `work_dtype` in gcrodr's docstring).
+        if mixed:  # (gcrodr refuses a preconditioner here)
+            full_matvec = matvec
+            matvec = lambda v: full_matvec(v.astype(dtype)).astype(work)  # noqa: E731
         if recycle_rows is None:
-            u_rows = jnp.zeros((k, n), dtype)
-            c_rows = jnp.zeros((k, n), dtype)
+            u_rows = jnp.zeros((k, n), work)
+            c_rows = jnp.zeros((k, n), work)
             have = jnp.asarray(False)
             matvecs = jnp.asarray(0, jnp.int32)
             cu = jnp.zeros((k, k), dtype)
@@ -349,17 +369,25 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
             # An all-zero space (what solve_family starts a chain with) means
             # "none": no products spent, the first cycle is a GMRES(m) cycle.
             have = jnp.any(u_in != 0)
+            # In the given dtype: C = A U is recomputed for this operator.
             u_rows, c_rows = lax.cond(
                 have,
-                lambda u: _orthonormal_pair(u, jax.vmap(matvec)(u)),
+                lambda u: _orthonormal_pair(
+                    u, jax.vmap(full_matvec if mixed else matvec)(u)
+                ),
                 lambda u: (u, u),
                 u_in,
             )
             cu = c_rows @ u_rows.T
+            u_rows, c_rows = u_rows.astype(work), c_rows.astype(work)
             matvecs = jnp.where(have, k, 0).astype(jnp.int32)
         zero = jnp.asarray(0, jnp.int32)
+        beta0 = norm(r)
         # cu = C U^T (k x k), kept up to date from small matrices: see _update.
-        init = (x, r, norm(r), zero, matvecs, result, u_rows, c_rows, cu, have, zero)
+        # Mixed precision also carries the last iterate whose residual was
+        # computed as b - A x (x_ref) and that residual's norm (beta_true).
+        init = (x, r, beta0, zero, matvecs, result, u_rows, c_rows, cu, have, zero)
+        init = init + ((beta0, x) if mixed else ())
 
         def keep_going(state):
             _, _, beta, total, _, result, *_ = state
@@ -367,23 +395,33 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
 
         def cycle(state):
             x, r, beta_old, total, matvecs, result, u_rows, c_rows, cu, have, cycles = (
-                state
+                state[:11]
             )
             # Improve x over range(U): r -= C C^T r (exactly the GCRO-DR start; in
             # later cycles it only removes rounding, as r is already orthogonal).
-            cr = c_rows @ r
-            x = x + cr @ u_rows
-            r = r - cr @ c_rows
+            cr = c_rows @ r.astype(work)
+            x = x + (cr @ u_rows).astype(dtype)
+            r = r - (cr @ c_rows).astype(dtype)
             beta = norm(r)
             start = jnp.where(have, k, 0)
             u_norm = jnp.sqrt(jnp.sum(u_rows**2, axis=1))
             d = jnp.where(u_norm > 0, 1 / jnp.where(u_norm > 0, u_norm, 1), 1)
             ud_rows = u_rows * d[:, None]
-            basis = jnp.zeros((m + 1, n), dtype).at[:k].set(c_rows)
-            basis = basis.at[start].set(r / jnp.where(beta == 0, 1, beta))
+            d = d.astype(dtype)
+            basis = jnp.zeros((m + 1, n), work).at[:k].set(c_rows)
+            basis = basis.at[start].set(
+                (r / jnp.where(beta == 0, 1, beta)).astype(work)
+            )
             hess = jnp.zeros((m + 1, m), dtype).at[:k, :k].set(jnp.diag(d))
             arnoldi = arnoldi_cycle(
-                matvec, basis, hess, start, beta, tol, max_steps - total, precond
+                matvec,
+                basis,
+                hess,
+                start,
+                beta,
+                tol,
+                max_steps - total,
+                precond,
             )
             # The harmonic Ritz step (the dense end-of-cycle work, which costs
             # about as much as the cycle's Arnoldi steps at m = 40, k = 20) runs
@@ -408,36 +446,77 @@ def _make_loop(m: int, k: int, recycle_rows, ritz: str = "auto", ritz_every: int
                     refresh,
                     lambda: (*_correction(arnoldi, start, ud_rows), u_rows, c_rows, cu),
                 )
-            x_new = x + dx
+            x_new = x + dx.astype(dtype)
             # The residual by recurrence, r - W^T G y (as Parks et al.): no product
             # with A. krylov_solve checks the true residual at the end and
             # restarts from it if rounding made the two drift apart.
-            r_new = r - dr
+            r_new = r - dr.astype(dtype)
             beta_new = norm(r_new)
             took = arnoldi.steps > 0
             u_rows = jnp.where(took, new_u, u_rows)
             c_rows = jnp.where(took, new_c, c_rows)
             cu = jnp.where(took, new_cu, cu)
             stalled = ~(beta_new < beta_old)
-            result = stall_result(result, stalled & (beta_new > tol), beta_new)
             steps = arnoldi.steps
+            matvecs = matvecs + steps
+            extra = ()
+            if not mixed:
+                result = stall_result(result, stalled & (beta_new > tol), beta_new)
+            else:
+                # Mixed precision: the recurrence drifts from b - A x by about the
+                # work precision times the corrections made since the last true
+                # residual, so the true one (b's dtype, one product) replaces it
+                # once the recurrence has fallen by _TRUE_RESIDUAL_EVERY, when it
+                # stalls, and before convergence is declared: iterative refinement
+                # with GCRO-DR cycles as the inner solver, the recycle space
+                # carried across. A true residual no smaller than the last one
+                # means the work precision cannot resolve this system: stagnation,
+                # and the solve returns the last verified iterate x_ref.
+                beta_true, x_ref = state[11], state[12]
+                due = (beta_new <= tol) | (beta_new < _TRUE_RESIDUAL_EVERY * beta_true)
+                due = (due | stalled) & (result == RESULTS.successful)
+
+                def recompute(r_new):
+                    r_true = b - full_matvec(x_new)
+                    return r_true, norm(r_true)
+
+                r_new, beta_new = lax.cond(
+                    due, recompute, lambda r: (r, norm(r)), r_new
+                )
+                matvecs = matvecs + due.astype(jnp.int32)
+                improved = due & (beta_new < beta_true)
+                stuck = due & ~improved & (beta_new > tol)
+                result = stall_result(result, stuck, beta_new)
+                extra = (
+                    jnp.where(improved, beta_new, beta_true),
+                    jnp.where(improved, x_new, x_ref),
+                )
             return (
                 x_new,
                 r_new,
                 beta_new,
                 total + steps,
-                matvecs + steps,
+                matvecs,
                 result,
                 u_rows,
                 c_rows,
                 cu,
                 have | took,
                 cycles + 1,
+                *extra,
             )
 
         state, _ = iterate(cycle, keep_going, init, max_steps)
         x, _, _, total, matvecs, result, u_rows, c_rows, *_ = state
-        extras = {"matvecs": matvecs, "U": u_rows, "C": c_rows}
+        if mixed:
+            # After a stagnation the last iterate is unverified (it may have
+            # drifted far): return the last one whose residual was computed.
+            x = jnp.where(result == RESULTS.successful, x, state[12])
+        extras = {
+            "matvecs": matvecs,
+            "U": u_rows.astype(dtype),
+            "C": c_rows.astype(dtype),
+        }
         return x, result, total, extras
 
     return loop
@@ -458,6 +537,7 @@ def gcrodr(
     throw: bool = True,
     ritz: str = "auto",
     ritz_every: int = 1,
+    work_dtype=None,
 ) -> RecycleSolution:
     r"""Solve ``A x = b`` for a general square ``A`` by GCRO-DR(m, k) (Parks, de
     Sturler, Mackey, Johnson & Maiti, 2006), recycling a Krylov subspace from an
@@ -511,6 +591,27 @@ def gcrodr(
             benchmark the rule never fires (the same products at 2 and 3). The
             rule is a guard, not a tuning: a stale ``U`` still costs products on
             indefinite problems, where ``1`` remains the safe choice.
+        work_dtype: the dtype of the ``n``-long Krylov work (static): the
+            Arnoldi basis, ``U`` and ``C`` (and ``Z``), the Gram-Schmidt sweeps
+            and the cycle-end products. ``None`` (default): ``b``'s.
+            ``jnp.float32`` with a float64 ``b`` is *mixed precision*: those rows,
+            which are most of the memory traffic and the arithmetic, move and
+            multiply at half the cost, while ``x``, the residual, the operator's
+            products and the small projected matrices stay in float64, and the
+            residual is recomputed as ``b - A x`` in float64 (one product)
+            whenever the cycles' recurrence has fallen by ``1e-3`` since the
+            last such residual and before convergence is declared: iterative
+            refinement with GCRO-DR cycles as the inner solver (as in
+            mixed-precision GMRES-IR, Carson & Higham 2018, and compressed-basis
+            GMRES, Aliaga et al. 2022), so the answer meets ``rtol`` in float64.
+            It needs ``cond(A)`` well below ``1 / eps(float32) ~ 1.7e7`` (each
+            refinement gains about ``1 / (eps32 cond(A))``): a true residual that
+            does not fall below the last one ends the solve with ``stagnation``
+            and the last iterate whose residual was computed (then solve in
+            float64). Not with a ``preconditioner`` (refused: in the flexible
+            form ``A M v`` falls largely into ``range(C)`` and float32 cannot
+            orthogonalise the remainder). The recycle space handed on is
+            float64 (its ``C`` is recomputed from ``U`` by the next solve).
 
     Returns:
         :class:`RecycleSolution`: ``.value = x``, ``.num_steps`` (Arnoldi steps),
@@ -531,12 +632,36 @@ def gcrodr(
     m = check_positive_int(m, "m")
     k = check_positive_int(k, "k")
     ritz_every = check_positive_int(ritz_every, "ritz_every")
+    if work_dtype is not None:
+        work_dtype = jnp.dtype(work_dtype)
+        if work_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+            raise ValueError(
+                f"`work_dtype` must be None, float32 or float64, got {work_dtype}"
+            )
     if k >= m:
         raise ValueError(
             f"`k` must be < `m` (the recycle space is part of each cycle), "
             f"got k={k}, m={m}"
         )
     b_arr = as_float_array(b, "b")
+    if work_dtype is not None and work_dtype.itemsize > b_arr.dtype.itemsize:
+        raise ValueError(
+            f"`work_dtype` ({work_dtype}) must not be wider than `b`'s dtype "
+            f"({b_arr.dtype}): it lowers the precision of the Krylov work"
+        )
+    if (
+        work_dtype is not None
+        and work_dtype.itemsize < b_arr.dtype.itemsize
+        and preconditioner is not None
+    ):
+        raise ValueError(
+            "`work_dtype` below `b`'s dtype (mixed precision) is not supported with "
+            "a `preconditioner`: in the flexible form the preconditioned vectors "
+            "M v fall largely into range(U), the Gram-Schmidt sweep then cancels "
+            "most of A M v, and float32 cannot orthogonalise what is left (on an "
+            "80x80 Darcy system with Jacobi the basis lost orthogonality "
+            "completely and the solve stagnated at 2e-3); solve in b's dtype"
+        )
     n = b_arr.size
     if n < 2:
         raise ValueError(f"gcrodr needs a system of size >= 2, got `b` of size {n}")
@@ -560,7 +685,7 @@ def gcrodr(
         recycle_rows = lax.stop_gradient(u.T)
 
     sol = krylov_solve(
-        _make_loop(m, k, recycle_rows, ritz, ritz_every),
+        _make_loop(m, k, recycle_rows, ritz, ritz_every, work_dtype),
         "gcrodr",
         operator,
         b,
@@ -572,7 +697,7 @@ def gcrodr(
         throw=throw,
         symmetric=False,
         # The recycle space belongs to A, not to A^T.
-        transpose_loop=_make_loop(m, k, None, ritz, ritz_every),
+        transpose_loop=_make_loop(m, k, None, ritz, ritz_every, work_dtype),
     )
     aux = sol.aux
     recycle_out = RecycleSpace(
