@@ -11,8 +11,9 @@ devices, so the data are identical).
 Columns, per case:
 
 * ``datagen gcrodr``: GCRO-DR(40, 15) refreshing its recycle space every third
-  cycle (the default command; also the earlier (40, 20) every other cycle and
-  every cycle), greedy-sorted within each shard, recycling from system to
+  cycle (the default command; also with ``--work-dtype float32``, mixed
+  precision, and the earlier (40, 20) every other cycle and every cycle),
+  greedy-sorted within each shard, recycling from system to
   system, on 1 and on 4 devices
   (``XLA_FLAGS=--xla_force_host_platform_device_count=4``, a fresh subprocess);
 * ``datagen gmres``: the same command with ``--method gmres`` (GMRES(40), each
@@ -65,11 +66,13 @@ def _datagen(grid, systems, method, devices, args, folder, extra=()) -> dict:
 
 
 # (label, extra options): GCRO-DR as datagen runs it by default ((40, 15), the
-# harmonic Ritz step every third cycle), the previous default ((40, 20) every
+# harmonic Ritz step every third cycle), the same in mixed precision (float32
+# Krylov work, float64 answers), the previous default ((40, 20) every
 # other cycle) and Parks et al.'s (40, 20) every cycle, then GMRES(40), each
 # system alone.
 VARIANTS = (
     ("gcrodr (default: k 15, ritz-every 3)", ()),
+    ("gcrodr --work-dtype float32", ("--work-dtype", "float32")),
     ("gcrodr --k 20 --ritz-every 2", ("--k", "20", "--ritz-every", "2")),
     ("gcrodr --k 20 --ritz-every 1", ("--k", "20", "--ritz-every", "1")),
     ("gmres", ()),

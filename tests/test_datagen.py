@@ -127,6 +127,32 @@ def test_data_in_original_order_checked_against_scipy(reference):
         assert record["process"] == 0 and record["systems"] == 8
 
 
+def test_mixed_precision_run_meets_rtol_in_float64(tmp_path, reference):
+    """``--work-dtype float32``: every saved solution meets rtol in float64 (an
+    independent scipy residual), equals the float64 run's to the tolerance, and
+    the manifest records the option; a default run's manifest leaves it out, so
+    folders written before the option existed still resume."""
+    opts = datagen.RunOptions(
+        family="darcy", systems=24, grid=16, shard_size=8, work_dtype="float32"
+    )
+    summary = datagen.generate(str(tmp_path), opts, progress=False)
+    assert summary["failed"] == 0
+    data, ref = datagen.load(str(tmp_path)), datagen.load(reference[0])
+    assert data["ok"].all() and data["solutions"].dtype == np.float64
+    fam = darcy_family(24, 16, seed=0)
+    b = np.asarray(fam.b).ravel()
+    for i in range(24):
+        x = data["solutions"][i].ravel()
+        rel = np.linalg.norm(b - fam.to_scipy(data["params"][i]) @ x)
+        assert rel <= 2e-8 * np.linalg.norm(b)
+        x_ref = ref["solutions"][i].ravel()
+        assert np.linalg.norm(x - x_ref) <= 1e-6 * np.linalg.norm(x_ref)
+    run = json.load(open(tmp_path / "manifest.json"))["run"]
+    assert run["work_dtype"] == "float32"
+    default = json.load(open(os.path.join(reference[0], "manifest.json")))["run"]
+    assert "work_dtype" not in default
+
+
 def test_rerun_skips_finished_shards_and_refuses_other_options(reference):
     folder = reference[0]
     before = {n: os.stat(os.path.join(folder, n)) for n in os.listdir(folder)}
@@ -150,6 +176,11 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
         (["darcy", "--systems", "4", "--grid", "8", "--k", "40"], "--k < --m"),
         (["darcy", "--systems", "0", "--grid", "8"], "--systems must be >= 1"),
         (["darcy", "--systems", "4", "--grid", "8", "--ritz-every", "0"], "ritz"),
+        (
+            ["darcy", "--systems", "4", "--grid", "8", "--method", "gmres"]
+            + ["--work-dtype", "float32"],
+            "needs --method gcrodr",
+        ),
     ]
     for args, message in bad:
         with pytest.raises(SystemExit) as exit_info:

@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, default=None, help="per system")
     p.add_argument(
+        "--work-dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="GCRO-DR's Krylov work (basis, recycle space): float32 is mixed "
+        "precision, the solutions still meet --rtol in float64 (default float64)",
+    )
+    p.add_argument(
         "--devices",
         type=int,
         default=None,
@@ -145,6 +152,7 @@ def main(argv=None) -> dict:
             k=args.k,
             ritz_every=args.ritz_every,
             max_steps=args.max_steps,
+            work_dtype=args.work_dtype,
         )
         return generate(
             args.out,
