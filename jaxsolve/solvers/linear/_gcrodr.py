@@ -52,6 +52,29 @@ Jacobi (6 systems, 60x60) the two forms needed 17744 and 17250 products, within
 that indefinite problem's rounding, and the full product made the solve 20 %
 slower there.
 
+Mixed precision (``work_dtype=float32`` for a float64 system): on a CPU the
+``n``-long rows are the cost, the Gram-Schmidt sweeps are bound by memory
+traffic and the cycle-end products by arithmetic (measured at ``n = 6400``: one
+sweep over 30 rows 43 us in float64, 19 us in float32; the refresh's products
+about 0.45 ms, at the core's float64 peak). So the rows (``W``, ``U``, ``C``) are
+held and multiplied in float32 while ``x``, the residual, the operator's products
+and every small matrix stay float64. The float32 Arnoldi relation holds to about
+``eps32 ||A v||`` a column, so the recurrence ``r - W G y`` drifts from
+``b - A x`` by that much times the corrections; the true residual (one product)
+therefore replaces it whenever the recurrence has fallen by ``1e-3``, stalls,
+or claims convergence: iterative refinement whose inner solver is a run of
+GCRO-DR cycles, the recycle space carried through (Carson & Higham, SIAM J. Sci.
+Comput. 40, 2018, for GMRES-IR; Aliaga et al., Parallel Comput. 2022, for a
+Krylov basis stored in lower precision). Each refinement gains about
+``1 / (eps32 cond(A))``, so it needs ``cond(A)`` well below ``1.7e7``; a true
+residual that does not fall ends the solve with ``stagnation`` and the last
+verified iterate. Each refresh re-orthonormalises the new ``C`` (two Gram
+passes, ``U`` transformed alike): in float32 it inherits the basis's loss of
+orthogonality (about 1e-3 after a fast cycle), and sweeping later bases against
+it compounded that until the basis collapsed (a heat system after four cycles,
+and a Jacobi-preconditioned 80x80 Darcy system, where ``A M v`` falls largely
+into ``range(C)`` and the sweep cancels most of it).
+
 Cost at small ``n`` (the end of a cycle is dense work on ``(m + 1, n)`` and
 ``(k, n)`` blocks plus ``m x m`` LAPACK calls, next to only ``m - k`` Arnoldi
 steps): each ``n``-long row is multiplied once per output, ``C U^T`` is carried
@@ -349,9 +372,12 @@ def _make_loop(
         # The Arnoldi steps, the recycle space and the cycle-end products run on
         # rows of the work dtype; x, the residual and the small matrices keep
         # b's (see `work_dtype` in gcrodr's docstring).
-        if mixed:  # (gcrodr refuses a preconditioner here)
+        if mixed:
             full_matvec = matvec
             matvec = lambda v: full_matvec(v.astype(dtype)).astype(work)  # noqa: E731
+            if precond is not None:
+                full_precond = precond
+                precond = lambda v: full_precond(v.astype(dtype)).astype(work)  # noqa: E731
         if recycle_rows is None:
             u_rows = jnp.zeros((k, n), work)
             c_rows = jnp.zeros((k, n), work)
@@ -423,14 +449,25 @@ def _make_loop(
                 max_steps - total,
                 precond,
             )
+
             # The harmonic Ritz step (the dense end-of-cycle work, which costs
             # about as much as the cycle's Arnoldi steps at m = 40, k = 20) runs
             # every `ritz_every` cycles and always on the last one, so that the
             # recycle space handed on is fresh; in between, U and C are kept
             # (A U = C still holds: the operator is the same).
-            refresh = lambda: _update(  # noqa: E731
-                arnoldi, start, ud_rows, k, eps, ritz, cu * d[None, :]
-            )
+            def refresh():
+                out = _update(arnoldi, start, ud_rows, k, eps, ritz, cu * d[None, :])
+                if not mixed:
+                    return out
+                # In float32 the new C inherits the basis's loss of orthogonality
+                # (1e-3 after a fast-converging cycle), and the next sweeps against
+                # it compound it until the basis collapses (a heat system: C^T C
+                # off by 1 after four cycles, stagnation at 4e-7). Two Gram passes
+                # restore it, with U transformed alike (A U = C kept).
+                dx, dr, new_u, new_c, _ = out
+                new_u, new_c = _orthonormal_pair(new_u, new_c)
+                return dx, dr, new_u, new_c, (new_c @ new_u.T).astype(dtype)
+
             if ritz_every == 1:
                 dx, dr, new_u, new_c, new_cu = refresh()
             else:
@@ -608,10 +645,9 @@ def gcrodr(
             refinement gains about ``1 / (eps32 cond(A))``): a true residual that
             does not fall below the last one ends the solve with ``stagnation``
             and the last iterate whose residual was computed (then solve in
-            float64). Not with a ``preconditioner`` (refused: in the flexible
-            form ``A M v`` falls largely into ``range(C)`` and float32 cannot
-            orthogonalise the remainder). The recycle space handed on is
-            float64 (its ``C`` is recomputed from ``U`` by the next solve).
+            float64). A ``preconditioner`` is applied in float64 to the float32
+            rows. The recycle space handed on is float64 (its ``C`` is
+            recomputed from ``U`` by the next solve).
 
     Returns:
         :class:`RecycleSolution`: ``.value = x``, ``.num_steps`` (Arnoldi steps),
@@ -648,19 +684,6 @@ def gcrodr(
         raise ValueError(
             f"`work_dtype` ({work_dtype}) must not be wider than `b`'s dtype "
             f"({b_arr.dtype}): it lowers the precision of the Krylov work"
-        )
-    if (
-        work_dtype is not None
-        and work_dtype.itemsize < b_arr.dtype.itemsize
-        and preconditioner is not None
-    ):
-        raise ValueError(
-            "`work_dtype` below `b`'s dtype (mixed precision) is not supported with "
-            "a `preconditioner`: in the flexible form the preconditioned vectors "
-            "M v fall largely into range(U), the Gram-Schmidt sweep then cancels "
-            "most of A M v, and float32 cannot orthogonalise what is left (on an "
-            "80x80 Darcy system with Jacobi the basis lost orthogonality "
-            "completely and the solve stagnated at 2e-3); solve in b's dtype"
         )
     n = b_arr.size
     if n < 2:
