@@ -25,6 +25,7 @@ A CPU here is slow at convolutions: the network dominates DCDM's time;
 ``benchmarks/gpu_check.py`` times it on a GPU.
 
     python benchmarks/dcdm.py [--sizes2d 64 128 256] [--sizes3d 32 64] [--repeats 3]
+        [--orthogonalize K] [--model2d FILE] [--model3d FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import inspect  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -62,7 +64,7 @@ def _median_time(fn, repeats):
     return statistics.median(times), out
 
 
-def _jaxsolve_rows(a, b, model, repeats, max_steps):
+def _jaxsolve_rows(a, b, model, repeats, max_steps, orthogonalize):
     rows = {}
     inv_diag = 1.0 / a.diagonal()
     methods = {
@@ -75,7 +77,13 @@ def _jaxsolve_rows(a, b, model, repeats, max_steps):
     if model is not None:
         methods = {
             "dcdm": lambda b: jaxsolve.dcdm(
-                a, b, model=model, rtol=RTOL, max_steps=max_steps, throw=False
+                a,
+                b,
+                model=model,
+                rtol=RTOL,
+                max_steps=max_steps,
+                throw=False,
+                **orthogonalize,
             ),
             **methods,
         }
@@ -166,11 +174,11 @@ def _scipy_rows(a, b, repeats, max_steps):
     return rows
 
 
-def run_case(dim, n, kind, seed, model, repeats, max_steps):
+def run_case(dim, n, kind, seed, model, repeats, max_steps, orthogonalize):
     solid = obstacle_layout(n, kind, dim=dim, seed=seed)
     a = poisson_obstacles(solid)
     b = obstacle_rhs(solid, seed=seed + 1)
-    rows = _jaxsolve_rows(a, b, model, repeats, max_steps)
+    rows = _jaxsolve_rows(a, b, model, repeats, max_steps, orthogonalize)
     rows.update(_scipy_rows(a, b, repeats, max_steps))
     return solid.mean(), rows
 
@@ -184,6 +192,12 @@ def main():
     parser.add_argument("--max-steps", type=int, default=5000)
     parser.add_argument("--model2d", default=None, help="weights (default: shipped)")
     parser.add_argument("--model3d", default=None, help="weights (default: shipped)")
+    parser.add_argument(
+        "--orthogonalize",
+        type=int,
+        default=None,
+        help="DCDM's A-orthogonalisation depth (default: the solver's)",
+    )
     args = parser.parse_args()
 
     from jaxsolve.solvers.linear._dcdm import default_model, load_model
@@ -194,8 +208,11 @@ def main():
         models[3] = models[3] or default_model(3)
     except ValueError:
         pass
+    depth = args.orthogonalize
+    if depth is None:
+        depth = inspect.signature(jaxsolve.dcdm).parameters["orthogonalize"].default
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; rtol {RTOL}; "
-          f"float64; median of {args.repeats}")  # fmt: skip
+          f"float64; median of {args.repeats}; DCDM orthogonalize={depth}")  # fmt: skip
     cases = [(2, n, k) for n in args.sizes2d for k in args.layouts]
     cases += [(3, n, k) for n in args.sizes3d for k in args.layouts[:1]]
     methods = ["dcdm", "cg", "jacobi-pcg", "ic-pcg", "pyamg"]
@@ -206,9 +223,13 @@ def main():
     summary = []
     for dim, n, kind in cases:
         seed = 100 + n + (7 if kind == "blobs" else 0) + 1000 * (dim - 2)
+        orthogonalize = {}
+        if args.orthogonalize is not None:
+            orthogonalize["orthogonalize"] = args.orthogonalize
         solid_frac, rows = run_case(
-            dim, n, kind, seed, models[dim], args.repeats, args.max_steps
-        )
+            dim, n, kind, seed, models[dim], args.repeats, args.max_steps,
+            orthogonalize,
+        )  # fmt: skip
         cells = []
         for m in methods:
             r = rows.get(m)

@@ -259,6 +259,13 @@ def test_lanczos_ritz_values():
     np.testing.assert_allclose(y.T @ y, np.eye(y.shape[1]), atol=1e-8)
     b = _train.training_vectors(jnp.asarray(y), jax.random.key(0), 3)
     np.testing.assert_allclose(jnp.linalg.norm(b, axis=1), 1, rtol=1e-6)
+    # white-noise rows (--noise): unit vectors too, the rest from the Ritz span
+    y = jnp.asarray(y[:, :10])
+    b = _train.training_vectors(y, jax.random.key(0), 5, noise=2)
+    np.testing.assert_allclose(jnp.linalg.norm(b, axis=1), 1, rtol=1e-6)
+    outside = jnp.linalg.norm(b - (b @ y) @ y.T, axis=1)
+    np.testing.assert_allclose(outside[:3], 0, atol=1e-6)
+    assert bool(jnp.all(outside[3:] > 0.3))
 
 
 @pytest.mark.slow  # trains for a few steps in a subprocess (~16 s)
@@ -334,6 +341,39 @@ def test_solves_like_scipy_and_counts(problem):
     assert int(sol.stats["matvecs"]) >= steps + steps // 20 + 1
     cg = jaxsolve.cg(a, b, rtol=1e-10)
     assert steps < int(cg.num_steps) / 2, (steps, int(cg.num_steps))
+
+
+def _steps(a, b, model, depth, max_steps=3000):
+    sol = jaxsolve.dcdm(
+        a, b, model=model, rtol=1e-10, orthogonalize=depth, max_steps=max_steps,
+        throw=False,
+    )  # fmt: skip
+    return int(sol.num_steps), bool(sol.succeeded)
+
+
+def test_orthogonalize_identity_is_cg(problem):
+    """``orthogonalize`` = how many previous directions a new one is
+    A-orthogonalised against. With a linear symmetric "network" (the identity)
+    one is CG exactly, and more change nothing (the directions are already
+    A-orthogonal); none is steepest descent."""
+    solid, b = problem
+    a = _op(solid)
+    cg = int(jaxsolve.cg(a, b, rtol=1e-10).num_steps)
+    identity = lambda r: r  # noqa: E731
+    assert _steps(a, b, identity, 1) == _steps(a, b, identity, 8) == (cg, True)
+    assert _steps(a, b, identity, 0, max_steps=5 * cg) == (5 * cg, False)
+    with pytest.raises(ValueError, match="orthogonalize"):
+        jaxsolve.dcdm(a, b, orthogonalize=-1)
+
+
+@pytest.mark.slow
+def test_orthogonalize_depth_with_network(problem):
+    # the shipped network is not a linear operator: directions older than the
+    # window lose A-orthogonality, and a deeper window takes fewer steps
+    solid, b = problem
+    a = _op(solid)
+    counts = [_steps(a, b, None, depth) for depth in (0, 2, 16)]
+    assert counts == [(23, True), (18, True), (17, True)], counts
 
 
 @pytest.mark.slow

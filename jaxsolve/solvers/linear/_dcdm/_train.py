@@ -66,13 +66,22 @@ def lanczos_ritz(matvec, n: int, m: int, *, seed: int = 0):
     return theta, q.T @ s
 
 
-def training_vectors(ritz_vectors, key, batch: int, *, low_weight: float = 9.0):
+def training_vectors(
+    ritz_vectors, key, batch: int, *, low_weight: float = 9.0, noise: int = 0
+):
     """A batch of normalised training right-hand sides (see the module docstring).
-    ``ritz_vectors``: ``(n, m)``, columns sorted by ascending Ritz value."""
-    m = ritz_vectors.shape[1]
-    c = jax.random.normal(key, (batch, m), ritz_vectors.dtype)
+    ``ritz_vectors``: ``(n, m)``, columns sorted by ascending Ritz value. The
+    last ``noise`` of the ``batch`` vectors are white noise instead: the Ritz
+    vectors of a short Lanczos run resolve the ends of the spectrum, and a model
+    trained on them alone leaves the middle of it unconverged."""
+    n, m = ritz_vectors.shape
+    ritz_key, noise_key = jax.random.split(key)
+    c = jax.random.normal(ritz_key, (batch - noise, m), ritz_vectors.dtype)
     weight = jnp.where(jnp.arange(m) < m // 2, low_weight, 1.0)
     b = (c * weight) @ ritz_vectors.T
+    if noise:
+        white = jax.random.normal(noise_key, (noise, n), ritz_vectors.dtype)
+        b = jnp.concatenate([b, white])
     return b / jnp.linalg.norm(b, axis=1, keepdims=True)
 
 
@@ -106,6 +115,7 @@ def train(
     lr: float = 1e-3,
     ritz: int = 400,
     seed: int = 0,
+    noise: int = 0,
     checkpoint=None,
     checkpoint_every: int = 100,
     max_new_steps: int | None = None,
@@ -115,13 +125,20 @@ def train(
     in this call). With ``checkpoint`` (a path), the state is saved every
     ``checkpoint_every`` steps and at the end, and a call with the same
     configuration resumes from it. ``max_new_steps`` stops this call early
-    (a long training split over several runs: each resumes the checkpoint)."""
+    (a long training split over several runs: each resumes the checkpoint).
+    ``noise``: how many of the ``batch`` vectors are white noise (see
+    :func:`training_vectors`)."""
     for name, v in [("grid", grid), ("steps", steps), ("batch", batch), ("ritz", ritz)]:
         check_positive_int(v, name)
     training = {
         "dim": dim, "grid": grid, "steps": steps, "batch": batch, "lr": lr,
         "ritz": ritz, "seed": seed,
     }  # fmt: skip
+    if not 0 <= noise <= batch:
+        raise ValueError(f"`noise` must be in [0, batch={batch}], got {noise}")
+    # recorded only when set: checkpoints of the plain recipe stay resumable
+    if noise:
+        training["noise"] = noise
     key = jax.random.key(seed)
     init_key, data_key = jax.random.split(key)
     model = DCDMNet(dim, width, coarsest, key=init_key)
@@ -146,7 +163,9 @@ def train(
 
     @eqx.filter_jit
     def step(model, opt_state, k, ritz_vectors):
-        b = training_vectors(ritz_vectors, jax.random.fold_in(data_key, k), batch)
+        b = training_vectors(
+            ritz_vectors, jax.random.fold_in(data_key, k), batch, noise=noise
+        )
         loss, grads = eqx.filter_value_and_grad(_loss)(model, operator, b, shape)
         updates, opt_state = optimizer.update(
             grads, opt_state, eqx.filter(model, eqx.is_array)
@@ -190,6 +209,9 @@ def main(argv=None) -> DCDMNet:
     parser.add_argument("--ritz", type=int, default=400, help="Lanczos/Ritz vectors")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--noise", type=int, default=0, help="white-noise vectors in each batch"
+    )
+    parser.add_argument(
         "--checkpoint", default=None, help="checkpoint file (default: OUT.ckpt)"
     )
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -206,14 +228,16 @@ def main(argv=None) -> DCDMNet:
     model, losses = train(
         args.dim, args.grid, steps=args.steps, batch=args.batch, width=args.width,
         coarsest=args.coarsest, lr=args.lr, ritz=args.ritz, seed=args.seed,
-        checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
-        max_new_steps=args.max_new_steps, progress=not args.no_progress,
+        noise=args.noise, checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every, max_new_steps=args.max_new_steps,
+        progress=not args.no_progress,
     )  # fmt: skip
     final = float(np.mean(losses[-50:])) if losses else float("nan")
     argv = sys.argv[1:] if argv is None else argv
     save_model(
         args.out, model, grid=args.grid, steps=args.steps, batch=args.batch,
-        lr=args.lr, ritz=args.ritz, seed=args.seed, final_loss=final,
+        lr=args.lr, ritz=args.ritz, seed=args.seed, noise=args.noise,
+        final_loss=final,
         command="python -m jaxsolve.train_dcdm " + " ".join(argv),
     )  # fmt: skip
     print(
