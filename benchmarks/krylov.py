@@ -14,7 +14,7 @@ Sections (``--sections kernel darcy helmholtz``):
   GCRO-DR(40, 20) through ``solve_family``, in the given order and sorted (and
   sorted with ``ritz_every=2`` and ``3``, the harmonic Ritz step every other or
   every third cycle, with ``work_dtype=float32`` (mixed precision, also with
-  ``ritz_every=3``; not with Jacobi, which it refuses), and
+  ``ritz_every=3``), and
   with ``ritz="iterate"``, the orthogonal-iteration Ritz step); scipy
   ``gmres(restart=40)`` system by system; scipy ``gcrotmk(m=40, k=20)`` reusing
   its ``CU`` list across the systems in the sorted order (SKR's CPU reference).
@@ -181,18 +181,17 @@ def family_table(
     order = np.asarray(sorted_sol.stats["order"])
     jax_column("  same, ritz_every=2", "gcrodr", "sorted", m=m, k=k, ritz_every=2)
     jax_column("  same, ritz_every=3", "gcrodr", "sorted", m=m, k=k, ritz_every=3)
-    if not precond:  # mixed precision refuses a preconditioner
-        f32 = jnp.float32
-        jax_column("  same, float32 work", "gcrodr", "sorted", m=m, k=k, work_dtype=f32)
-        jax_column(
-            "  same, float32, ritz_every=3",
-            "gcrodr",
-            "sorted",
-            m=m,
-            k=k,
-            ritz_every=3,
-            work_dtype=f32,
-        )
+    f32 = jnp.float32
+    jax_column("  same, float32 work", "gcrodr", "sorted", m=m, k=k, work_dtype=f32)
+    jax_column(
+        "  same, float32, ritz_every=3",
+        "gcrodr",
+        "sorted",
+        m=m,
+        k=k,
+        ritz_every=3,
+        work_dtype=f32,
+    )
     if iterate_column:
         jax_column(
             "  same, ritz='iterate'", "gcrodr", "sorted", m=m, k=k, ritz="iterate"

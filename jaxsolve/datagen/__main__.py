@@ -66,22 +66,24 @@ def _parser() -> argparse.ArgumentParser:
         default=40,
         help="Krylov subspace per cycle (40; GMRES's restart with --method gmres)",
     )
-    p.add_argument("--k", type=int, default=15, help="GCRO-DR recycle space (15)")
+    p.add_argument("--k", type=int, default=10, help="GCRO-DR recycle space (10)")
     p.add_argument(
         "--ritz-every",
         type=int,
         default=3,
         help="GCRO-DR: refresh the recycle space every N cycles and on the last "
-        "(default 3; with --k 15 measured faster on Darcy 64x64 and 128x128 than "
-        "--k 20 --ritz-every 2 and than every cycle, Parks et al.)",
+        "(default 3; measured faster on Darcy 64x64 and 128x128 than every other "
+        "cycle and than every cycle, Parks et al.)",
     )
     p.add_argument("--max-steps", type=int, default=None, help="per system")
     p.add_argument(
         "--work-dtype",
         choices=("float64", "float32"),
-        default="float64",
-        help="GCRO-DR's Krylov work (basis, recycle space): float32 is mixed "
-        "precision, the solutions still meet --rtol in float64 (default float64)",
+        default=None,
+        help="GCRO-DR's Krylov work (basis, recycle space): float32 (the default "
+        "for gcrodr) is mixed precision, the solutions still meet --rtol in "
+        "float64 and are checked; float64 for systems too ill-conditioned for it "
+        "(cond(A) beyond about 1e6)",
     )
     p.add_argument(
         "--devices",

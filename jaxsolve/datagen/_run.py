@@ -62,19 +62,20 @@ class RunOptions:
     shard_size: int = 100
     rtol: float = 1e-8
     m: int = 40
-    # GCRO-DR(40, 15) with the harmonic Ritz step every third cycle: on Darcy at
-    # 64x64 and 128x128 it gave more systems/s than (40, 20) every other cycle
-    # (the previous default) and than Parks et al.'s every cycle; a refresh
+    # GCRO-DR(40, 10) with the harmonic Ritz step every third cycle, its Krylov
+    # work in float32 (gcrodr's work_dtype: mixed precision; the answers still
+    # meet rtol in float64, and every one is checked below before it is saved).
+    # On Darcy at 64x64 and 128x128 this gave the most systems/s: float32 work
+    # about 1.5x float64's, and k = 10 beat 15 and 20 in float32 (a refresh
     # costs about as many flops as k + 1 products with the basis, so a smaller k
-    # and rarer refreshes trade a few more products for cheaper cycles
-    # (benchmarks/README.md, datagen section).
-    k: int = 15
+    # and rarer refreshes trade a few more products for cheaper cycles). In
+    # float64, (40, 15) every third cycle was best (benchmarks/README.md,
+    # datagen section).
+    k: int = 10
     ritz_every: int = 3
     max_steps: int | None = None
-    # "float32": GCRO-DR's Krylov work in float32 for the float64 systems
-    # (gcrodr's work_dtype: mixed precision, the answers still meet rtol in
-    # float64, every one checked below).
-    work_dtype: str = "float64"
+    # None: float32 for gcrodr, float64 (the only choice) for the other methods.
+    work_dtype: str | None = None
 
     def check(self) -> None:
         """Refuse options that cannot work, naming the option."""
@@ -108,23 +109,29 @@ class RunOptions:
             raise DatagenError(f"--ritz-every must be >= 1, got {self.ritz_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise DatagenError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.work_dtype not in ("float64", "float32"):
+        if self.work_dtype not in (None, "float64", "float32"):
             raise DatagenError(
                 f"--work-dtype must be float64 or float32, got {self.work_dtype}"
             )
-        if self.work_dtype != "float64" and self.method != "gcrodr":
+        if self.work_dtype == "float32" and self.method != "gcrodr":
             raise DatagenError("--work-dtype float32 needs --method gcrodr")
 
     @property
     def num_shards(self) -> int:
         return -(-self.systems // self.shard_size)
 
+    @property
+    def effective_work_dtype(self) -> str:
+        if self.work_dtype is not None:
+            return self.work_dtype
+        return "float32" if self.method == "gcrodr" else "float64"
+
     def solver_options(self) -> dict:
         out = {"rtol": self.rtol, "max_steps": self.max_steps}
         if self.method == "gcrodr":
             out.update(m=self.m, k=self.k, ritz_every=self.ritz_every)
-            if self.work_dtype != "float64":
-                out["work_dtype"] = self.work_dtype
+            if self.effective_work_dtype != "float64":
+                out["work_dtype"] = self.effective_work_dtype
         elif self.method == "gmres":
             out["restart"] = self.m
         return out
@@ -132,9 +139,10 @@ class RunOptions:
     def record(self) -> dict:
         """The manifest's ``"run"`` section."""
         run = dataclasses.asdict(self)
-        if self.work_dtype == "float64":
-            # The default is left out, so that manifests written before the
-            # option existed still match a default rerun.
+        run["work_dtype"] = self.effective_work_dtype
+        if run["work_dtype"] == "float64":
+            # Left out, so that manifests written before the option existed
+            # (all float64) still match a rerun with the same options.
             del run["work_dtype"]
         return {
             **run,
