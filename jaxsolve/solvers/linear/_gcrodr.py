@@ -658,7 +658,8 @@ def gcrodr(
         ``.residual = ||b - A x||_2``, ``.stats["matvecs"]`` (every product with
         ``A``: Arnoldi steps, ``k`` for a given recycle space, the first and the
         final true residual; within the solve the residual is updated by
-        recurrence, as in Parks et al.) and ``.recycle``, the updated
+        recurrence, as in Parks et al., and with a lower ``work_dtype`` also
+        recomputed, one product each time) and ``.recycle``, the updated
         :class:`RecycleSpace` for the next system.
 
     Runs under ``jit`` and ``vmap`` (fixed-size buffers, ``lax.while_loop``), on
