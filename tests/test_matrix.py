@@ -24,6 +24,39 @@ from jaxsolve.testing import REGISTRY
 CASES = [
     pytest.param(n, marks=pytest.mark.xdist_group(n), id=n) for n in sorted(REGISTRY)
 ]
+
+
+def _some_by_default(names):
+    """All cases, those outside ``names`` marked slow: for the checks that
+    compile the largest programs (a gradient under ``vmap``, derivatives of a
+    jitted solve; 10-30 s a case), the default run covers one case of each
+    kind of solver (Krylov on a stencil and on a matrix, a root, OT) and the
+    slow run all of them."""
+    unknown = set(names) - set(REGISTRY)
+    assert not unknown, unknown
+    return [
+        pytest.param(
+            n,
+            marks=[pytest.mark.xdist_group(n)]
+            + ([] if n in names else [pytest.mark.slow]),
+            id=n,
+        )
+        for n in sorted(REGISTRY)
+    ]
+
+
+VMAP_OF_GRAD_CASES = _some_by_default(
+    (
+        "cg/stencil",
+        "gmres/dense",
+        "custom_root/logistic_newton",
+        "sinkhorn_newton_sparse",
+    )
+)
+# SNS's jitted derivatives also run by default in test_reliability.py.
+DERIVATIVES_OF_JIT_CASES = _some_by_default(
+    ("cg/stencil", "gmres/stencil", "custom_fixed_point/equilibrium", "sinkhorn/log")
+)
 DTYPES = [jnp.float64, jnp.float32]
 tree_leaves = jax.tree_util.tree_leaves
 
@@ -190,7 +223,7 @@ def _batch_and_vmap_grad(c: _Compiled):
     return batch, c.vmap_grad(*_stack(batch))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", VMAP_OF_GRAD_CASES)
 def test_vmap_of_grad_matches_single_gradients(name):
     c = _compiled(name)
     batch, per_item = _batch_and_vmap_grad(c)
@@ -264,7 +297,7 @@ def test_bad_input(name, k):
             assert not bool(jnp.any(jnp.isfinite(g))), g
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", DERIVATIVES_OF_JIT_CASES)
 def test_derivatives_of_jitted_functions(name):
     """grad(jit(f)) and jvp(jit(f)), the way training code calls a solver, agree
     with jit(grad(f)) and jit(jvp(f))."""

@@ -138,7 +138,11 @@ def _fd(fn, x, h=1e-6):
     return (fn(x + h) - fn(x - h)) / (2 * h)
 
 
-@pytest.mark.parametrize("solver", ["sinkhorn", "sinkhorn_newton_sparse"])
+# Sinkhorn's jitted derivatives run by default in test_matrix.py.
+@pytest.mark.parametrize(
+    "solver",
+    [pytest.param("sinkhorn", marks=pytest.mark.slow), "sinkhorn_newton_sparse"],
+)
 def test_derivatives_of_a_jitted_ot_solve(solver):
     solve = getattr(jaxsolve, solver)
     C = _cost_matrix()
