@@ -5,8 +5,8 @@ Problems: the pressure-Poisson operator with obstacles
 (``jaxsolve.problems.poisson_obstacles``, Dirichlet boundary) on 2-D grids 64^2,
 128^2, 256^2 and 3-D grids 32^3, 64^3, with obstacle layouts never seen in training
 (the shipped networks were trained on the obstacle-free Laplacian only, 64^2 in 2-D
-and 16^3 in 3-D), a divergence right-hand side (``obstacle_rhs``), relative residual
-1e-6, float64 throughout.
+and 16^3 then 32^3 in 3-D), a divergence right-hand side (``obstacle_rhs``),
+relative residual 1e-6, float64 throughout.
 
 Columns, per method: iterations, operator products (``matvecs``), wall-clock.
 

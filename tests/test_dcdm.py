@@ -215,10 +215,11 @@ def test_shipped_3d_weights_picked_by_grid_dimension():
 )
 def test_shipped_3d_model_beats_cg(n, kind, seed, dtype, rtol, ratio):
     # Obstacle layouts never seen in training (the model saw only the
-    # obstacle-free 16^3 Laplacian); measured 13 DCDM / 28 CG iterations at 8^3,
-    # 17 / 65 at 16^3. The default case is small and float32: under the test
-    # run's XLA optimisation level 0 a 3-D convolution inside the solver's loop
-    # is slow (about 0.75 s a call at 12^3 against 0.04 s at the default level).
+    # obstacle-free Laplacian at 16^3, then 32^3); measured 14 DCDM / 28 CG
+    # iterations at 8^3, 18 / 65 at 16^3. The default case is small and float32:
+    # under the test run's XLA optimisation level 0 a 3-D convolution inside the
+    # solver's loop is slow (about 0.75 s a call at 12^3 against 0.04 s at the
+    # default level).
     solid = obstacle_layout(n, kind, dim=3, seed=seed)
     a = poisson_obstacles(solid, dtype=dtype)
     b = obstacle_rhs(solid, seed=seed + 1, dtype=dtype)
@@ -509,6 +510,31 @@ def test_bad_input(problem, tiny_net):
     skew = lambda x: a(x) + 0.5 * (jnp.roll(x, 1, 0) - jnp.roll(x, -1, 0))  # noqa: E731
     sol = jaxsolve.dcdm(skew, b, throw=False, max_steps=50)
     assert sol.result == RESULTS.not_symmetric
+
+
+@pytest.mark.slow
+def test_training_init_fine_tunes(tmp_path):
+    # --init: start from a saved model (another grid size), not a random one
+    start, _ = _train.train(2, 6, steps=2, **_TINY)
+    path = tmp_path / "start.eqx"
+    save_model(path, start)
+    # a zero learning rate leaves the starting model as it was
+    same, _ = _train.train(2, 8, steps=1, lr=0.0, init=path, **_TINY)
+    for x, y in zip(
+        jax.tree.leaves(eqx.filter(start, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(same, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
+    # the checkpoint records the starting file: a run from scratch cannot resume it
+    ckpt = tmp_path / "ft.ckpt"
+    _, losses = _train.train(2, 8, steps=2, init=path, checkpoint=ckpt, **_TINY)
+    assert np.isfinite(losses).all()
+    with pytest.raises(ValueError, match="was written for"):
+        _train.train(2, 8, steps=2, checkpoint=ckpt, **_TINY)
+    # a starting model of another configuration is refused
+    with pytest.raises(ValueError, match="does not match"):
+        _train.train(2, 8, steps=1, init=path, **{**_TINY, "width": 3})
 
 
 @pytest.mark.slow

@@ -182,7 +182,7 @@ def dcdm(
         b: the right-hand side, grid-shaped: ``(N1, N2)`` or ``(N1, N2, N3)``.
         model: the network: ``None`` (the model shipped with jaxsolve for ``b``'s
             number of dimensions, trained on the obstacle-free Laplacian, 64x64
-            in 2-D and 16x16x16 in 3-D), a path to a weights file
+            in 2-D, 16x16x16 then 32x32x32 in 3-D), a path to a weights file
             (:func:`jaxsolve.load_dcdm_model`), a :class:`jaxsolve.DCDMNet`, or
             any function ``r -> q`` on grids.
         rtol, atol: relative and absolute tolerances (non-negative).

@@ -32,7 +32,7 @@ import optax
 
 from ...._checks import check_positive_int
 from ....problems.obstacles import poisson_obstacles
-from ._io import load_checkpoint, save_checkpoint, save_model
+from ._io import load_checkpoint, load_model, save_checkpoint, save_model
 from ._model import DCDMNet
 
 __all__ = ["train", "lanczos_ritz", "training_vectors", "main"]
@@ -116,6 +116,7 @@ def train(
     ritz: int = 400,
     seed: int = 0,
     noise: int = 0,
+    init=None,
     checkpoint=None,
     checkpoint_every: int = 100,
     max_new_steps: int | None = None,
@@ -127,7 +128,9 @@ def train(
     configuration resumes from it. ``max_new_steps`` stops this call early
     (a long training split over several runs: each resumes the checkpoint).
     ``noise``: how many of the ``batch`` vectors are white noise (see
-    :func:`training_vectors`)."""
+    :func:`training_vectors`). ``init``: a model file to start from instead of
+    a random initialisation (fine-tuning, e.g. a model trained on a small grid
+    continued on a larger one); its configuration must match."""
     for name, v in [("grid", grid), ("steps", steps), ("batch", batch), ("ritz", ritz)]:
         check_positive_int(v, name)
     training = {
@@ -142,6 +145,9 @@ def train(
     key = jax.random.key(seed)
     init_key, data_key = jax.random.split(key)
     model = DCDMNet(dim, width, coarsest, key=init_key)
+    if init is not None:
+        model = load_model(init, like=model)
+        training["init"] = pathlib.Path(init).name
     optimizer = _optimizer(training)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     start = 0
@@ -212,6 +218,11 @@ def main(argv=None) -> DCDMNet:
         "--noise", type=int, default=0, help="white-noise vectors in each batch"
     )
     parser.add_argument(
+        "--init",
+        default=None,
+        help="start from this model file (fine-tuning) instead of a random one",
+    )
+    parser.add_argument(
         "--checkpoint", default=None, help="checkpoint file (default: OUT.ckpt)"
     )
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -228,7 +239,7 @@ def main(argv=None) -> DCDMNet:
     model, losses = train(
         args.dim, args.grid, steps=args.steps, batch=args.batch, width=args.width,
         coarsest=args.coarsest, lr=args.lr, ritz=args.ritz, seed=args.seed,
-        noise=args.noise, checkpoint=checkpoint,
+        noise=args.noise, init=args.init, checkpoint=checkpoint,
         checkpoint_every=args.checkpoint_every, max_new_steps=args.max_new_steps,
         progress=not args.no_progress,
     )  # fmt: skip
@@ -237,7 +248,7 @@ def main(argv=None) -> DCDMNet:
     save_model(
         args.out, model, grid=args.grid, steps=args.steps, batch=args.batch,
         lr=args.lr, ritz=args.ritz, seed=args.seed, noise=args.noise,
-        final_loss=final,
+        init=args.init and pathlib.Path(args.init).name, final_loss=final,
         command="python -m jaxsolve.train_dcdm " + " ".join(argv),
     )  # fmt: skip
     print(
