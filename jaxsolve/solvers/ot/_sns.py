@@ -360,18 +360,22 @@ def _newton_stage(
             # (default k, one core): n = 10000 35.9 s to 28.3 s (13 to 14
             # Newton steps), n = 20000 157 s to 115 s; the matrix cases of
             # benchmarks/ot.py take the same steps as before.
-            _, stale_dropped = values(s.pattern, s.pattern_cost)
-            stale = stale_dropped > _STALE * s.selected_dropped + _STALE_FLOOR
+            kept_old, dropped_old = values(s.pattern, s.pattern_cost)
+            stale = dropped_old > _STALE * s.selected_dropped + _STALE_FLOOR
             reselect = (s.previous_err == 0) | (
                 (s.err > _RESELECT * s.previous_err) & stale
             )
-            pattern, pattern_cost = lax.cond(
+
+            def reselected(fg):
+                pattern, pattern_cost = select(fg)
+                return pattern, pattern_cost, *values(pattern, pattern_cost)
+
+            pattern, pattern_cost, kept, dropped = lax.cond(
                 reselect,
-                select,
-                lambda _: (s.pattern, s.pattern_cost),
+                reselected,
+                lambda _: (s.pattern, s.pattern_cost, kept_old, dropped_old),
                 (s.f, s.g),
             )
-            kept, dropped = values(pattern, pattern_cost)
             selected_dropped = jnp.where(reselect, dropped, s.selected_dropped)
             if solver == "cg":
                 z, cg_k = newton_direction(s, pattern, kept)
