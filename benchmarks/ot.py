@@ -35,7 +35,8 @@ Cases (``eta = --eta``, default 1200, for all of them):
   of ``points-N`` given to the jaxsolve solvers as a
   :class:`jaxsolve.solvers.ot.PointCloud`, so that neither ``C`` nor the plan is
   ever formed (a ``20000 x 20000`` matrix is 3.2 GB in float64): every pass over
-  the plan runs over blocks of ``--block-size`` rows. The costs are normalised:
+  the plan runs over blocks of ``--block-size`` rows (default: the
+  ``PointCloud``'s own, 52 at ``n = 20000``). The costs are normalised:
   ``epsilon = --online-eps`` (default ``1e-3``) times the largest cost (issue 12's
   target: ``eps = 1e-3`` after normalising), not ``1 / --eta``. Only
   ``jaxsolve-sns`` and ``jaxsolve-sinkhorn`` (capped at 20 steps: its row shows the
@@ -259,7 +260,7 @@ def _jax_method(fn):
     return prepare
 
 
-def build(method, eps, tol, case, max_newton_steps, block_size=256):
+def build(method, eps, tol, case, max_newton_steps, block_size=None):
     """``prepare(C, a, b) -> call``, ``call() -> (plan, iters, conv, note)``.
 
     For an online case ``C`` is the points ``(x, y)`` and ``plan`` is the
@@ -442,7 +443,11 @@ def main(argv=None):
         help="online cases: SNS Sinkhorn warm-up steps",
     )
     parser.add_argument(
-        "--block-size", type=int, default=256, help="online cases: rows per block"
+        "--block-size",
+        type=int,
+        default=None,
+        help="online cases: rows per block (default: PointCloud's own, "
+        "2^20 / n clipped to [8, 256])",
     )
     parser.add_argument(
         "--floor",

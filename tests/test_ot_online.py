@@ -66,7 +66,8 @@ def _sns_pair(cost, block_size, k, batched):
         # A point cloud's Newton directions are always CG's; the matrix's
         # default ("auto") may take dense ones.
         dense = sinkhorn_newton_sparse(geom.dense(), a, b, newton_solver="cg", **kw)
-        online = sinkhorn_newton_sparse(geom, a, b, **kw)
+        # The same warm-up as the matrix's (a cloud's default is float32's).
+        online = sinkhorn_newton_sparse(geom, a, b, warmup_dtype=jnp.float64, **kw)
         return dense, online
 
     if batched:
@@ -203,6 +204,50 @@ def test_bad_input_names_the_argument():
         PointCloud(x, x, plan="coo")
     with pytest.raises(ValueError, match=r"`a` must have shape \(4,\)"):
         sinkhorn(PointCloud(x, x), np.ones(3) / 3, epsilon=0.1)
+    for bad in ("int32", jnp.int32, "cloud", jnp.float16):
+        with pytest.raises(ValueError, match="`warmup_dtype` must be None"):
+            sinkhorn_newton_sparse(PointCloud(x, x), epsilon=0.1, warmup_dtype=bad)
+    with pytest.raises(ValueError, match="`warmup_dtype` must not be more precise"):
+        cloud = PointCloud(x.astype(np.float32), x.astype(np.float32))
+        sinkhorn_newton_sparse(cloud, epsilon=0.1, warmup_dtype=jnp.float64)
+
+
+@functools.cache
+def _sns_cloud_by_warmup_dtype():
+    def solve(x, y, a, b, eps, warmup_dtype):
+        cloud = PointCloud(x, y, block_size=16)
+        return sinkhorn_newton_sparse(
+            cloud, a, b, epsilon=eps, tol=TOL, warmup_dtype=warmup_dtype, throw=False
+        )
+
+    return jax.jit(solve, static_argnums=5)
+
+
+def test_cloud_warm_up_in_float32():
+    """A float64 cloud's warm-up runs in float32 by default (``warmup_dtype``);
+    Newton, in float64, reaches the tolerance and the plan of a float64
+    warm-up. A cloud whose costs overflow float32 (points near 1e20) falls
+    back to the float64 warm-up, step for step."""
+    x, y, a, b = (jnp.asarray(v) for v in _config(40, 30, 5))
+    solve = _sns_cloud_by_warmup_dtype()
+    low, high = solve(x, y, a, b, 0.01, None), solve(x, y, a, b, 0.01, jnp.float64)
+    for sol in (low, high):
+        assert bool(sol.succeeded), (sol.result, sol.stats)
+        assert float(sol.residual) <= TOL
+        assert int(sol.stats["sinkhorn_steps"]) >= 20  # the whole warm-up ran
+    # Different warm-ups (float32 rounding), the same solution.
+    assert not np.array_equal(low.value[0], high.value[0])
+    np.testing.assert_allclose(low.plan, high.plan, rtol=0, atol=1e-12)
+
+    scale = 1e20  # costs near 1e40: beyond float32, not float64
+    big = (x * scale, y * scale, a, b, 0.01 * scale**2)
+    fallback, reference = solve(*big, None), solve(*big, jnp.float64)
+    for sol in (fallback, reference):
+        assert bool(sol.succeeded), (sol.result, sol.stats)
+    for key in ("sinkhorn_steps", "newton_steps"):
+        assert int(fallback.stats[key]) == int(reference.stats[key])
+    np.testing.assert_allclose(fallback.plan, reference.plan, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(fallback.plan, low.plan, rtol=0, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------

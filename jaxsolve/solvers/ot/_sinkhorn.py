@@ -211,7 +211,9 @@ def sinkhorn_block(
         f, g = lax.cond(go, update, lambda: (f, g))
         return f, g, t + go.astype(jnp.int32), go
 
-    init = (f, g, jnp.asarray(0, jnp.int32), jnp.asarray(True))
+    # No pass at all for a budget of 0 (SNS's warm-up iteration after a
+    # low-precision warm-up: 1.2 s of log-sum-exp at n = m = 20,000 points).
+    init = (f, g, jnp.asarray(0, jnp.int32), jnp.asarray(max_steps) > 0)
     f, g, num_steps, _ = lax.while_loop(lambda s: s[3], body, init)
     return f, g, num_steps
 
