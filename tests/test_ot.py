@@ -1068,3 +1068,36 @@ def test_sns_keeps_a_sparsity_pattern_that_holds_the_plans_mass(monkeypatch):
     assert int(reselected.stats["pattern_selections"]) == 2, reselected.stats
     steps = [int(s.stats["newton_steps"]) for s in (kept, reselected)]
     assert steps[0] == steps[1], steps
+
+
+def test_sns_anderson_acceleration_where_newton_is_linear(monkeypatch):
+    """Too small a ``k`` leaves Newton at a linear rate; Anderson mixing of
+    the last directions (``_sns.accelerate``) restores most of the speed: a
+    300-point 2-D cloud at eta = 1200 with ``k = 12`` (the pattern misses
+    0.5% of the mass) converges in at most 20 Newton steps, against 31
+    without it. With every entry kept (exact Newton) it is never used: see
+    ``test_sns_with_all_entries_is_newton``."""
+    import jaxsolve.solvers.ot._sns as sns
+
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(size=(300, 2)), 0.5 + 0.15 * rng.normal(size=(300, 2))
+    C = sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
+
+    def solve():
+        return jax.jit(
+            lambda C: sinkhorn_newton_sparse(
+                C, epsilon=1 / 1200, tol=1e-9, k=12, newton_solver="cg"
+            )
+        )(C)
+
+    threshold = sns._ANDERSON_DROPPED
+    accelerated = solve()
+    monkeypatch.setattr(sns, "_ANDERSON_DROPPED", float("inf"))
+    plain = solve()
+    for sol in (accelerated, plain):
+        assert bool(sol.succeeded), sol.stats
+        assert float(sol.residual) <= 1e-9
+    assert float(accelerated.stats["dropped_mass"]) > threshold
+    assert int(accelerated.stats["newton_steps"]) <= 20, accelerated.stats
+    assert int(plain.stats["newton_steps"]) >= 30, plain.stats
+    np.testing.assert_allclose(accelerated.plan, plain.plan, rtol=0, atol=1e-9)

@@ -49,6 +49,12 @@ _STALE_FLOOR = 1e-6
 # taken without the line search (see step()).
 _QUICK_ACCEPT = 0.5
 _SLOW_PAIR = 0.75
+# Anderson acceleration: directions combined (see accelerate()).
+_ANDERSON = 3
+# ... where the pattern misses more than _ANDERSON_DROPPED of the plan's mass
+# and the last step cut the error by less than 1 / _ANDERSON_RATE.
+_ANDERSON_DROPPED = 1e-3
+_ANDERSON_RATE = 0.1
 _FULL_STEP = 0.5
 # newton_solver="auto": the dense exact direction for a cost matrix with
 # max(n, m) min(n, m)^2 <= _DENSE_MAX^3, at a step whose top-k pattern misses
@@ -79,6 +85,15 @@ class _NewtonState(NamedTuple):
     pattern_cost: Array  # (n, k), C at those entries
     previous_err: Array  # err before the last step
     sinkhorn_steps: Array  # Sinkhorn steps, the warm-up's and after slow Newton steps
+    # Anderson acceleration of the Newton steps (see accelerate()): the scaled
+    # potentials (f, g) / epsilon where the last _ANDERSON directions were
+    # found (latest first), those (unaccelerated) directions, how many of
+    # them belong to the current pattern, and whether the next direction may
+    # be accelerated.
+    history_u: Array  # (_ANDERSON, n + m)
+    history_z: Array  # (_ANDERSON, n + m)
+    history_size: Array
+    accelerable: Array
     started: Array  # False until the warm-up, the loop's first iteration, has run
 
 
@@ -397,8 +412,18 @@ def _newton_stage(
                     kept,
                 )
                 dense_k = use_dense.astype(jnp.int32)
+        raw = z
+        if solver != "dense":
+            # Only where Newton is linear: the pattern drops mass and the
+            # last step cut the error by less than 1 / _ANDERSON_RATE (exact
+            # Newton steps, quadratic near the solution, are left alone).
+            linear = (dropped > _ANDERSON_DROPPED) & (
+                s.err > _ANDERSON_RATE * s.previous_err
+            )
+            z = accelerate(s, z, (selected > 0) | (dense_k > 0) | ~linear)
         return (
             z,
+            raw,
             first_step(z),
             cg_k,
             dense_k,
@@ -407,6 +432,66 @@ def _newton_stage(
             selected,
             pattern,
             pattern_cost,
+        )
+
+    def accelerate(s: _NewtonState, z, off):
+        r"""Anderson acceleration of the sparsified Newton steps.
+
+        With a pattern that misses a fraction of the plan's mass, Newton is a
+        linear iteration near the solution, ``u+ = u + z(u)`` on the scaled
+        potentials ``u = (f, g) / epsilon``: on ``benchmarks/ot.py``'s
+        ``points-20000-online`` the error fell by 0.31 a step (14 steps).
+        Anderson mixing (type II) treats ``z(u)`` as the residual of that
+        fixed-point map and combines it with the pairs ``(u_i, z_i)`` of the
+        last ``_ANDERSON`` directions of the same pattern: ``gamma``
+        minimises ``|z - sum_i gamma_i (z - z_i)|``, and the direction is
+        ``z - sum_i gamma_i ((u - u_i) + (z - z_i))``. Used only after a full
+        Newton step (``alpha = 1``; a Sinkhorn block after it does not matter:
+        the pairs are points of the same map), not after a reselection or a
+        dense step, nor where Newton is not linear (``off``), and only if it is
+        a finite ascent direction; the line search then guards it as any other
+        direction. Measured (2-D clouds at eta = 1200 as matrices, CG
+        directions, Newton steps without / with): ``n = 300, k = 8`` 68 / 29,
+        ``k = 12`` 31 / 15; ``n = 600, k = 16`` 56 / 21, ``k = 24`` 16 / 11;
+        ``points-20000-online`` 14 / 9.
+
+        D. G. Anderson, "Iterative procedures for nonlinear integral
+        equations", J. ACM 12 (1965); H. F. Walker, P. Ni, "Anderson
+        acceleration for fixed-point iterations", SIAM J. Numer. Anal. 49 (2011).
+        """
+        u = jnp.concatenate([s.f, s.g]) / p.epsilon
+        valid = jnp.arange(_ANDERSON) < s.history_size
+        dz = jnp.where(valid[:, None], z[None, :] - s.history_z, 0)
+        du = jnp.where(valid[:, None], u[None, :] - s.history_u, 0)
+        gram = dz @ dz.T
+        # A Tikhonov floor on the (possibly near-singular) Gram matrix; unused
+        # columns get a unit diagonal and a zero right-hand side.
+        floor = 1e-10 * jnp.max(jnp.diagonal(gram)) + tiny
+        gram = gram + jnp.diag(jnp.where(valid, floor, 1.0))
+        gamma = jnp.linalg.solve(gram, jnp.where(valid, dz @ z, 0))
+        z_acc = z - gamma @ (du + dz)
+        use = (
+            s.accelerable
+            & ~off
+            & jnp.any(valid)
+            & jnp.all(jnp.isfinite(z_acc))
+            & (jnp.vdot(s.grad, z_acc) > 0)
+        )
+        return jnp.where(use, z_acc, z)
+
+    def remember(s: _NewtonState, z, off):
+        """The Anderson history after a direction ``z`` found at ``s``: pushed
+        in front, or alone after a reselection or a dense step (``off``); kept
+        as it was at the warm-up."""
+        u = jnp.concatenate([s.f, s.g]) / p.epsilon
+        size = jnp.where(off, 1, jnp.minimum(s.history_size + 1, _ANDERSON))
+        pushed_u = jnp.concatenate([u[None], s.history_u[:-1]])
+        pushed_z = jnp.concatenate([z[None], s.history_z[:-1]])
+        started = s.started
+        return dict(
+            history_u=jnp.where(started, pushed_u, s.history_u),
+            history_z=jnp.where(started, pushed_z, s.history_z),
+            history_size=jnp.where(started, size, s.history_size).astype(jnp.int32),
         )
 
     # Phases of a step's evaluation loop (see step()).
@@ -427,6 +512,7 @@ def _newton_stage(
         started = s.started
         default = (
             jnp.zeros(n + m, dtype),
+            jnp.zeros(n + m, dtype),
             jnp.zeros((), dtype),
             jnp.asarray(0, jnp.int32),
             jnp.asarray(0, jnp.int32),
@@ -438,6 +524,7 @@ def _newton_stage(
         )
         (
             z,
+            raw_z,
             alpha0,
             cg_k,
             dense_k,
@@ -573,6 +660,8 @@ def _newton_stage(
             pattern=pattern,
             pattern_cost=pattern_cost,
             previous_err=jnp.where(started, s.err, s.previous_err),
+            **remember(s, raw_z, (selected > 0) | (dense_k > 0)),
+            accelerable=started & ok & (alpha == 1) & (dense_k == 0),
             sinkhorn_steps=s.sinkhorn_steps + sinkhorn_steps,
             started=jnp.asarray(True),
         )
@@ -595,6 +684,10 @@ def _newton_stage(
         pattern=jnp.zeros((n, 0 if solver == "dense" else k), jnp.int32),
         pattern_cost=jnp.zeros((n, 0 if solver == "dense" else k), dtype),
         previous_err=jnp.asarray(0, dtype),  # 0: the first step selects
+        history_u=jnp.zeros((_ANDERSON, n + m), dtype),
+        history_z=jnp.zeros((_ANDERSON, n + m), dtype),
+        history_size=zero,
+        accelerable=jnp.asarray(False),
         sinkhorn_steps=zero,
         started=jnp.asarray(False),
     )
@@ -807,7 +900,14 @@ def sinkhorn_newton_sparse(
     Each Newton step costs ``O(n m)`` like a Sinkhorn step (forming ``P``, the
     top-k selection, the line search) plus ``O(n k)`` per CG step. The top-k
     pattern is kept from the previous step while Newton cuts the marginal error
-    by 3x or more per step (the pattern has settled), and reselected otherwise.
+    by 3x or more per step (the pattern has settled), or while the kept pattern
+    still holds the plan's mass (it misses at most twice what it missed when
+    selected), and reselected otherwise. Where the pattern misses more than
+    1e-3 of the mass, Newton is a linear iteration near the solution; there the
+    direction is combined with the last three of the same pattern by Anderson
+    mixing (after full steps that cut the error less than 10x), which cuts the
+    Newton steps of such cases by a third to a half (see ``accelerate`` in the
+    source).
 
     X. Tang, M. Shavlovsky, H. Rahmanian, E. Tardini, K. K. Thekumparampil,
     T. Xiao, L. Ying, "Accelerating Sinkhorn Algorithm with Sparse Newton
