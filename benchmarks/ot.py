@@ -434,7 +434,7 @@ def main(argv=None):
         default=None,
         help="online cases: SNS entries per row (default: SNS's own, "
         "max(32, ceil(n / 20)); a fixed 256 left points-20000-online at 49 "
-        "Newton steps and 1,143 s, the default 1,000 at 14 and 115 s)",
+        "Newton steps and 1,143 s, the default 1,000 at 8 and 54 s)",
     )
     parser.add_argument(
         "--online-warmup",
