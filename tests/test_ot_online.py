@@ -66,8 +66,7 @@ def _sns_pair(cost, block_size, k, batched):
         # A point cloud's Newton directions are always CG's; the matrix's
         # default ("auto") may take dense ones.
         dense = sinkhorn_newton_sparse(geom.dense(), a, b, newton_solver="cg", **kw)
-        # The same warm-up as the matrix's (a cloud's default is float32's).
-        online = sinkhorn_newton_sparse(geom, a, b, warmup_dtype=jnp.float64, **kw)
+        online = sinkhorn_newton_sparse(geom, a, b, **kw)
         return dense, online
 
     if batched:
@@ -224,13 +223,30 @@ def _sns_cloud_by_warmup_dtype():
 
 
 def test_cloud_warm_up_in_float32():
-    """A float64 cloud's warm-up runs in float32 by default (``warmup_dtype``);
-    Newton, in float64, reaches the tolerance and the plan of a float64
-    warm-up. A cloud whose costs overflow float32 (points near 1e20) falls
-    back to the float64 warm-up, step for step."""
+    """``warmup_dtype=jnp.float32`` on a float64 cloud (the default from 2048 x
+    2048 points on): Newton, in float64, reaches the tolerance and the plan of a
+    float64 warm-up. A cloud whose costs overflow float32 (points near 1e20)
+    falls back to the float64 warm-up, step for step, also per element under
+    vmap."""
+    from jaxsolve._solution import RESULTS as codes
+    from jaxsolve.solvers.ot._dual import Problem
+    from jaxsolve.solvers.ot._sns import _low_dtype
+
+    def default_for(n, m, dtype=np.float64):
+        x = jnp.zeros((n, 2), dtype)
+        cloud = PointCloud(x, jnp.zeros((m, 2), dtype))
+        one = jnp.ones((), dtype)
+        problem = Problem(cloud, x[:, 0], x[:2, 0], one, one, codes.successful)
+        return _low_dtype(None, problem)
+
+    assert default_for(2048, 2048) == jnp.float32
+    assert default_for(2048, 2047) is None  # below 2^22 entries
+    assert default_for(2048, 2048, np.float32) is None
+
     x, y, a, b = (jnp.asarray(v) for v in _config(40, 30, 5))
     solve = _sns_cloud_by_warmup_dtype()
-    low, high = solve(x, y, a, b, 0.01, None), solve(x, y, a, b, 0.01, jnp.float64)
+    low = solve(x, y, a, b, 0.01, jnp.float32)
+    high = solve(x, y, a, b, 0.01, jnp.float64)
     for sol in (low, high):
         assert bool(sol.succeeded), (sol.result, sol.stats)
         assert float(sol.residual) <= TOL
@@ -241,13 +257,36 @@ def test_cloud_warm_up_in_float32():
 
     scale = 1e20  # costs near 1e40: beyond float32, not float64
     big = (x * scale, y * scale, a, b, 0.01 * scale**2)
-    fallback, reference = solve(*big, None), solve(*big, jnp.float64)
+    fallback, reference = solve(*big, jnp.float32), solve(*big, jnp.float64)
     for sol in (fallback, reference):
         assert bool(sol.succeeded), (sol.result, sol.stats)
     for key in ("sinkhorn_steps", "newton_steps"):
         assert int(fallback.stats[key]) == int(reference.stats[key])
     np.testing.assert_allclose(fallback.plan, reference.plan, rtol=1e-12, atol=0)
     np.testing.assert_allclose(fallback.plan, low.plan, rtol=0, atol=1e-9)
+
+    # Under vmap the fallback is per element: a batch of the two clouds gives
+    # each its own solve (the float32 warm-up for one, float64 for the other).
+    xs, ys = jnp.stack([x, x * scale]), jnp.stack([y, y * scale])
+    eps = jnp.asarray([0.01, 0.01 * scale**2])
+    batch = jax.jit(
+        jax.vmap(
+            lambda x, y, eps: sinkhorn_newton_sparse(
+                PointCloud(x, y, block_size=16),
+                a,
+                b,
+                epsilon=eps,
+                tol=TOL,
+                warmup_dtype=jnp.float32,
+                throw=False,
+            )
+        )
+    )(xs, ys, eps)
+    assert bool(jnp.all(batch.succeeded)), batch.result
+    for i, single in enumerate((low, fallback)):
+        for key in ("sinkhorn_steps", "newton_steps"):
+            assert int(batch.stats[key][i]) == int(single.stats[key]), key
+        np.testing.assert_allclose(batch.plan[i], single.plan, rtol=1e-9, atol=1e-15)
 
 
 # ----------------------------------------------------------------------------
