@@ -1101,3 +1101,22 @@ def test_sns_anderson_acceleration_where_newton_is_linear(monkeypatch):
     assert int(accelerated.stats["newton_steps"]) <= 20, accelerated.stats
     assert int(plain.stats["newton_steps"]) >= 30, plain.stats
     np.testing.assert_allclose(accelerated.plan, plain.plan, rtol=0, atol=1e-9)
+
+
+def test_sns_float32_warm_up_of_a_matrix():
+    """``warmup_dtype=jnp.float32`` also takes a float64 cost matrix (the warm-up
+    on a float32 copy): the same solution as the default float64 warm-up."""
+    rng = np.random.default_rng(4)
+    C = jnp.asarray(rng.uniform(size=(80, 70)))
+
+    def solve(warmup_dtype):
+        return jax.jit(
+            lambda C: sinkhorn_newton_sparse(
+                C, epsilon=0.01, tol=1e-10, warmup_dtype=warmup_dtype
+            )
+        )(C)
+
+    low, high = solve(jnp.float32), solve(None)
+    assert bool(low.succeeded) and float(low.residual) <= 1e-10
+    assert not np.array_equal(low.value[0], high.value[0])
+    np.testing.assert_allclose(low.plan, high.plan, rtol=0, atol=1e-12)

@@ -211,6 +211,16 @@ def test_bad_input_names_the_argument():
         sinkhorn_newton_sparse(cloud, epsilon=0.1, warmup_dtype=jnp.float64)
 
 
+def test_default_block_size_keeps_a_block_in_the_caches():
+    """``block_size=None``: about 2^20 entries a block, 8 to 256 rows."""
+    x = np.zeros((3, 2))
+    for m, rows in ((100, 256), (4096, 256), (20_000, 52), (10**6, 8)):
+        cloud = PointCloud(x, np.zeros((m, 2)))
+        assert cloud.block_size == rows
+        assert cloud.T.block_size == 256  # the transpose's rows are y's
+    assert PointCloud(x, x, block_size=5).T.block_size == 5
+
+
 @functools.cache
 def _sns_cloud_by_warmup_dtype():
     def solve(x, y, a, b, eps, warmup_dtype):
