@@ -49,6 +49,7 @@ _STALE_FLOOR = 1e-6
 # taken without the line search (see step()).
 _QUICK_ACCEPT = 0.5
 _SLOW_PAIR = 0.75
+_FULL_STEP = 0.5
 # Anderson acceleration: directions combined (see accelerate()).
 _ANDERSON = 3
 # ... where the pattern misses more than _ANDERSON_DROPPED of the plan's mass
@@ -60,7 +61,6 @@ _ANDERSON_RATE = 0.1
 # and a second traced Sinkhorn loop would only add compile time (a 300 x 280
 # cloud: 4.9-5.2 s against 3.6-3.9 s).
 _LOW_WARMUP_MIN = 2**22
-_FULL_STEP = 0.5
 # newton_solver="auto": the dense exact direction for a cost matrix with
 # max(n, m) min(n, m)^2 <= _DENSE_MAX^3, at a step whose top-k pattern misses
 # more than _DENSE_DROPPED of the plan's mass.
@@ -458,7 +458,7 @@ def _newton_stage(
         direction. Measured (2-D clouds at eta = 1200 as matrices, CG
         directions, Newton steps without / with): ``n = 300, k = 8`` 68 / 29,
         ``k = 12`` 31 / 15; ``n = 600, k = 16`` 56 / 21, ``k = 24`` 16 / 11;
-        ``points-20000-online`` 14 / 9.
+        ``points-20000-online`` 14 / 8.
 
         D. G. Anderson, "Iterative procedures for nonlinear integral
         equations", J. ACM 12 (1965); H. F. Walker, P. Ni, "Anderson
