@@ -81,10 +81,11 @@ class PointCloud(eqx.Module):
 
     SNS's default ``k = max(32, ceil(n / 20))`` (1,000 at ``n = 20,000``) is what
     a 2-D cloud at ``epsilon = 1e-3`` (normalised costs) needs: at ``n = 20,000``,
-    ``k = 700`` stopped at 1e-6 after 20 Newton steps, while 1,000 reaches 5e-9
-    in 14 (1,500 in 6 and 2,000 in 4, but no faster: each selection, a top-k of
-    every row, costs 7 s at 1,000 and 12.7 s at 2,000 on one core, and memory
-    grows with ``n k``: peak 1.9 GB at 1,000, 2.5 GB at 1,500). A solve there
+    ``k = 700`` stopped at 1e-6 after 20 Newton steps, while 1,000 reaches 7.6e-9
+    in 8 (14 before SNS's Anderson mixing, when 1,500 took 6 and 2,000 took 4,
+    but no less time: each selection, a top-k of every row, costs 7 s at 1,000
+    and 12.7 s at 2,000 on one core, and memory grows with ``n k``: peak 1.9 GB
+    at 1,000, 2.5 GB at 1,500). A solve there
     selects once and keeps the pattern while it holds the plan's mass
     (``stats["pattern_selections"]``).
 
@@ -101,7 +102,7 @@ class PointCloud(eqx.Module):
     plan_k: int = eqx.field(static=True)
     # The transposed cloud of a callable cost evaluates c(y_j, x_i) as c(x_i, y_j).
     swapped: bool = eqx.field(static=True)
-    # As given (None: chosen from m by block_rows).
+    # As given (None: block_size was chosen from m), for the transpose.
     block_size_given: int | None = eqx.field(static=True)
 
     def __init__(
