@@ -217,7 +217,7 @@ def test_default_block_size_keeps_a_block_in_the_caches():
     for m, rows in ((100, 256), (4096, 256), (20_000, 52), (10**6, 8)):
         cloud = PointCloud(x, np.zeros((m, 2)))
         assert cloud.block_size == rows
-        assert cloud.T.block_size == 256  # the transpose's rows are y's
+        assert cloud.T.block_size == 256  # its columns are the 3 points of x
     assert PointCloud(x, x, block_size=5).T.block_size == 5
 
 
