@@ -1009,6 +1009,23 @@ def test_sinkhorn_block_continues_sinkhorn_from_known_row_sums(layout):
     np.testing.assert_allclose(f, f_ref, rtol=0, atol=1e-12)
 
 
+def _cloud_cost(n, seed=2):
+    """Squared Euclidean costs between ``n`` uniform points in the unit square
+    and ``n`` Gaussian ones (``N(0.5, 0.15^2)``): the 2-D clouds of
+    ``benchmarks/ot.py``."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(size=(n, 2)), 0.5 + 0.15 * rng.normal(size=(n, 2))
+    return sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
+
+
+def _fresh_sns(C, **options):
+    """SNS at eta = 1200, tol 1e-9, jitted afresh: jit caches by function, not
+    by the module attributes (``_sns._STALE``, ...) that a trace reads."""
+    return jax.jit(
+        lambda C: sinkhorn_newton_sparse(C, epsilon=1 / 1200, tol=1e-9, **options)
+    )(C)
+
+
 def test_sns_takes_full_steps_that_halve_the_error_without_line_search(monkeypatch):
     """A full Newton step that halves the marginal error is taken without the
     line search's pass (``_sns._QUICK_ACCEPT``): on a 2-D cloud at eta = 1200
@@ -1016,22 +1033,10 @@ def test_sns_takes_full_steps_that_halve_the_error_without_line_search(monkeypat
     Armijo's test at alpha = 1 anyway), with fewer line-search trials."""
     import jaxsolve.solvers.ot._sns as sns
 
-    rng = np.random.default_rng(2)
-    x, y = rng.uniform(size=(200, 2)), 0.5 + 0.15 * rng.normal(size=(200, 2))
-    C = sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
-
-    def solve():
-        # A fresh function each time: jit caches by function, not by the
-        # module attribute the trace reads.
-        return jax.jit(
-            lambda C: sinkhorn_newton_sparse(
-                C, epsilon=1 / 1200, tol=1e-9, newton_solver="cg"
-            )
-        )(C)
-
-    quick = solve()
+    C = _cloud_cost(200)
+    quick = _fresh_sns(C, newton_solver="cg")
     monkeypatch.setattr(sns, "_QUICK_ACCEPT", 0.0)
-    searched = solve()
+    searched = _fresh_sns(C, newton_solver="cg")
     assert bool(quick.succeeded) and bool(searched.succeeded)
     assert int(quick.num_steps) == int(searched.num_steps)
     steps = int(quick.stats["newton_steps"])
@@ -1048,20 +1053,10 @@ def test_sns_keeps_a_sparsity_pattern_that_holds_the_plans_mass(monkeypatch):
     the same number of Newton steps."""
     import jaxsolve.solvers.ot._sns as sns
 
-    rng = np.random.default_rng(2)
-    x, y = rng.uniform(size=(400, 2)), 0.5 + 0.15 * rng.normal(size=(400, 2))
-    C = sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
-
-    def solve():
-        return jax.jit(
-            lambda C: sinkhorn_newton_sparse(
-                C, epsilon=1 / 1200, tol=1e-9, newton_solver="cg"
-            )
-        )(C)
-
-    kept = solve()
+    C = _cloud_cost(400)
+    kept = _fresh_sns(C, newton_solver="cg")
     monkeypatch.setattr(sns, "_STALE", -1.0)
-    reselected = solve()
+    reselected = _fresh_sns(C, newton_solver="cg")
     for sol in (kept, reselected):
         assert bool(sol.succeeded), sol.stats
     assert int(kept.stats["pattern_selections"]) == 1, kept.stats
@@ -1079,21 +1074,11 @@ def test_sns_anderson_acceleration_where_newton_is_linear(monkeypatch):
     ``test_sns_with_all_entries_is_newton``."""
     import jaxsolve.solvers.ot._sns as sns
 
-    rng = np.random.default_rng(2)
-    x, y = rng.uniform(size=(300, 2)), 0.5 + 0.15 * rng.normal(size=(300, 2))
-    C = sqeuclidean_cost(jnp.asarray(x), jnp.asarray(y))
-
-    def solve():
-        return jax.jit(
-            lambda C: sinkhorn_newton_sparse(
-                C, epsilon=1 / 1200, tol=1e-9, k=12, newton_solver="cg"
-            )
-        )(C)
-
+    C = _cloud_cost(300)
     threshold = sns._ANDERSON_DROPPED
-    accelerated = solve()
+    accelerated = _fresh_sns(C, k=12, newton_solver="cg")
     monkeypatch.setattr(sns, "_ANDERSON_DROPPED", float("inf"))
-    plain = solve()
+    plain = _fresh_sns(C, k=12, newton_solver="cg")
     for sol in (accelerated, plain):
         assert bool(sol.succeeded), sol.stats
         assert float(sol.residual) <= 1e-9

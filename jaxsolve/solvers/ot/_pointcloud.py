@@ -71,8 +71,8 @@ class PointCloud(eqx.Module):
             of them at a time). Default ``None``: ``2^20 / m`` rows, clipped to
             ``[8, 256]``, so that a block (8 MB in float64) stays in the
             processor's caches: at ``n = m = 20,000`` (52 rows), one core,
-            a float64 log-sum-exp 0.97 s against 1.26 s with 256 rows, row
-            and column sums 0.80 s against 0.94 s; up to ``m = 4096`` it is
+            a float64 log-sum-exp 0.95 s against 1.26 s with 256 rows, row
+            and column sums 0.79 s against 0.94 s; up to ``m = 4096`` it is
             256.
         plan: what ``solution.plan`` is: ``"dense"`` the ``(n, m)`` array,
             ``"sparse"`` a :class:`SparsePlan` (the ``plan_k`` largest entries of
@@ -84,9 +84,9 @@ class PointCloud(eqx.Module):
     ``k = 700`` stopped at 1e-6 after 20 Newton steps, while 1,000 reaches 7.6e-9
     in 8 (14 before SNS's Anderson mixing, when 1,500 took 6 and 2,000 took 4,
     but no less time: each selection, a top-k of every row, costs 7 s at 1,000
-    and 12.7 s at 2,000 on one core, and memory grows with ``n k``: peak 1.9 GB
-    at 1,000, 2.5 GB at 1,500). A solve there
-    selects once and keeps the pattern while it holds the plan's mass
+    and 12.7 s at 2,000 on one core (the other busy), and memory grows with
+    ``n k``: peak 1.9 GB at 1,000, 2.5 GB at 1,500). A solve there selects once
+    and keeps the pattern while it holds the plan's mass
     (``stats["pattern_selections"]``).
 
     ``sol.cost`` is the regularised cost ``<C, P> + epsilon sum P log P`` with its
