@@ -146,15 +146,16 @@ def sinkhorn_block(
 
     ``warm_up`` (a traced bool, SNS's first iteration): where true, the steps of
     :func:`sinkhorn_stage` instead (``rows``, ``err`` and ``until`` unused; the
-    epsilon schedule of the static ``halvings``, ``per_level``), so that one
-    traced Sinkhorn loop serves the warm-up and the blocks (half the code to
-    compile).
+    epsilon schedule of ``halvings`` (static or traced) and the static
+    ``per_level``), so that one traced Sinkhorn loop serves the warm-up and the
+    blocks (half the code to compile).
     """
     tiny = float(jnp.finfo(rows.dtype).tiny)
     active = p.a > 0
     fine = jnp.all((rows >= tiny) & (rows < jnp.inf) | ~active)
     warm_up = jnp.asarray(False) if warm_up is None else warm_up
-    h = jnp.where(warm_up, halvings, 0) if halvings else 0
+    static_zero = isinstance(halvings, int) and halvings == 0
+    h = 0 if static_zero else jnp.where(warm_up, halvings, 0)
     ok = p.result == RESULTS.successful
     err = jnp.asarray(err, rows.dtype)
 
@@ -182,8 +183,9 @@ def sinkhorn_block(
         ), q
 
     def first_error(f, g, lse, q):
-        if halvings:
-            # With a schedule the first level runs whatever the error.
+        if not static_zero:
+            # With a schedule the first level runs whatever the error (a
+            # traced schedule of 0 halvings tests ``err``: SNS passes inf).
             return err
         # Without one the warm-up's first test uses its own error.
         return lax.cond(
@@ -198,7 +200,7 @@ def sinkhorn_block(
             lambda: first_error(f, g, lse, q),
             lambda: _row_error(f, lse, q),
         )
-        scaled = (t < h * per_level) if halvings else False
+        scaled = False if static_zero else (t < h * per_level)
         go = ok & ((e > p.tol) | scaled) & (t < max_steps)
         go = go & ((t == 0) | (e > until) | warm_up)
 
