@@ -65,7 +65,12 @@ _LOW_WARMUP_MIN = 2**22
 # after _CAPPED_STEPS Newton steps whose trust region (_MAX_EXPONENT_STEP) cut
 # the first trial step below _CAPPED_ALPHA; Newton then solves at epsilon
 # 2^_LEVELS, ..., 2 to a marginal error of _LEVEL_TOL times the mass, each from
-# the last, and at epsilon to tol.
+# the last after _LEVEL_WARMUP Sinkhorn steps, and at epsilon to tol. Measured
+# on 128 x 128 points on a line, peaked marginals, epsilon 1.4e-3 of the median
+# cost (the differential check's seed 109): 0 / 5 / 10 / 20 warm-up steps a
+# level took 32 / 23 / 21 / 18 Newton and 114 / 100 / 136 / 184 Sinkhorn
+# steps; levels solved to 1e-3 rather than 1e-6 took 14 Newton steps against
+# 21 (measured by chained warm starts, 20 Sinkhorn steps a level).
 _CAPPED_ALPHA = 1e-2
 _CAPPED_STEPS = 2
 _LEVELS = 5
