@@ -440,8 +440,9 @@ plt.show()
 # fraction of the plan's mass the last sparse pattern missed.
 #
 # The L1 plan at this $\varepsilon$ is also nearly block diagonal: the Newton direction
-# shifts whole weakly coupled blocks of pixels by $10^5$ and more (its linear model of
-# $\exp$), and the line search's trust region cuts each step to next to nothing. After
+# shifts whole weakly coupled blocks of pixels together, by orders of magnitude more
+# than the line search's trust region allows (its linear model of $\exp$), and the
+# trust region cuts each step to next to nothing. After
 # two such steps SNS switches to **Newton epsilon scaling**: Newton stages at
 # $32\varepsilon, 16\varepsilon, \dots, 2\varepsilon$ (each to $10^{-3}$) and then at
 # $\varepsilon$, each started from the last; `stats["epsilon_levels"]` counts the

@@ -145,10 +145,12 @@ def sinkhorn_block(
     the support is not a normal positive number).
 
     ``warm_up`` (a traced bool, SNS's first iteration): where true, the steps of
-    :func:`sinkhorn_stage` instead (``rows``, ``err`` and ``until`` unused; the
-    epsilon schedule of ``halvings`` (static or traced) and the static
-    ``per_level``), so that one traced Sinkhorn loop serves the warm-up and the
-    blocks (half the code to compile).
+    :func:`sinkhorn_stage` instead (``rows`` and ``until`` unused; the epsilon
+    schedule of ``halvings``, static or traced, and the static ``per_level``),
+    so that one traced Sinkhorn loop serves the warm-up and the blocks (half the
+    code to compile). Under a schedule ``err`` is the first step's test (a
+    static one runs its first level whatever the error; SNS passes ``inf`` with
+    its traced one); without one the warm-up tests its own error first.
     """
     tiny = float(jnp.finfo(rows.dtype).tiny)
     active = p.a > 0

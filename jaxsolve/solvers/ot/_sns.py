@@ -995,24 +995,23 @@ def sinkhorn_newton_sparse(
        error below 3/4 of its value before the Newton step (often the first:
        far from the solution a Newton step can raise the marginal error while
        it raises the dual, and one Sinkhorn step takes most of that back);
-    4. Newton epsilon scaling, where the direct solve meets nearly block
-       diagonal plans (small ``epsilon`` with peaked marginals, degenerate
-       costs): there the Hessian is nearly singular along the blocks' shifts,
-       the Newton direction shifts whole blocks by ``1e5`` to ``1e15`` (its
-       linear model of ``exp``), and the trust region cuts every step to next
-       to nothing. After two Newton steps whose first trial was cut below
-       ``1e-2``, the solve starts over from its potentials as a sequence of
-       Newton stages at ``epsilon 2^5, 2^4, ..., 2`` (each to a marginal error
-       of ``1e-3`` of the mass, after 5 Sinkhorn steps) and then at
-       ``epsilon``: at ``2^5 epsilon`` the blocks are coupled, and each level
-       starts near its solution. ``max_newton_steps`` caps all stages
-       together; ``stats["epsilon_levels"]`` counts the levels solved. On 128
-       x 128 points on a line with peaked marginals at ``epsilon`` 1.4e-3 of
-       the median cost, 19 to 26 Newton steps in all where the direct solve
-       stopped at 1e-3 to 0.2 after 100 on 3 seeds of 12 (and needed up to 86
-       on the others); ``digits-l1`` with the default 20 warm-up steps 28
-       Newton steps, where the direct solve took 72 (15 after the paper's 700
-       warm-up steps).
+    4. Newton epsilon scaling, where the direct solve meets nearly block diagonal
+       plans (small ``epsilon`` with peaked marginals, degenerate costs): there the
+       Hessian is nearly singular along the blocks' shifts, the Newton direction
+       shifts whole blocks together and would change exponents of the plan by
+       ``1e4`` to ``1e15`` (its linear model of ``exp``), and the trust region cuts
+       every step to next to nothing. After two Newton steps whose first trial was
+       cut below ``1e-2``, the solve starts over from its potentials as a sequence
+       of Newton stages at ``epsilon 2^5, 2^4, ..., 2`` (each to a marginal error of
+       ``1e-3`` of the mass, after 5 Sinkhorn steps) and then at ``epsilon``: at
+       ``2^5 epsilon`` the blocks are coupled, and each level starts near its
+       solution. ``max_newton_steps`` caps all stages together;
+       ``stats["epsilon_levels"]`` counts the levels solved. On 128 x 128 points on
+       a line with peaked marginals at ``epsilon`` 1.4e-3 of the median cost, 19 to
+       26 Newton steps in all where the direct solve stopped at 1e-3 to 0.2 after
+       100 on 3 seeds of 12 (and needed up to 86 on the others); ``digits-l1`` with
+       the default 20 warm-up steps 28 Newton steps, where the direct solve took 72
+       (15 after the paper's 700 warm-up steps).
 
     For ``n < m`` the transposed problem is solved (rows are the short side, so
     the ``k`` kept entries cover a row; the potentials are swapped back).
