@@ -624,12 +624,12 @@ def _nearly_block_diagonal_case(seed):
     """128 points on a line against 128, squared Euclidean cost, peaked marginals
     (Dirichlet(0.05), floored at 1e-16), epsilon 1.4e-3 of the median cost: the
     plan is nearly block diagonal, and the Newton direction shifts whole blocks
-    together by 1e4 to 1e8 (near-null directions of the Hessian). On the
-    differential check's seed 109 (issue 12, the same kind of draw) the trust
-    region cut the first trial of the direct solve's first 12 Newton steps to
-    2e-7 to 1e-2. Without Newton epsilon scaling seeds 5, 8 and 9 here stopped
-    at 1e-3 to 0.2 after 100 Newton steps; POT's sinkhorn_log needs 9,430 and 36,990
-    iterations on seeds 5 and 8, and more than 200,000 on seed 9."""
+    together (near-null directions of the Hessian). On the differential check's
+    seed 109 (issue 12, the same kind of draw) those shifts were 5e4 to 3e8, and
+    the trust region cut the first trial of the direct solve's first 12 Newton
+    steps to 2e-7 to 1e-2. Without Newton epsilon scaling seeds 5, 8 and 9 here
+    stopped at 1e-3 to 0.2 after 100 Newton steps; POT's sinkhorn_log needs 9,430
+    and 36,990 iterations on seeds 5 and 8, and more than 200,000 on seed 9."""
     rng = np.random.default_rng(seed)
     x, y = rng.uniform(size=128), rng.uniform(size=128)
     C = (x[:, None] - y[None]) ** 2
