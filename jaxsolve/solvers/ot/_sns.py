@@ -866,7 +866,7 @@ def _sns_inner(
                 c["state"],
                 k,
                 # Nothing at all for a finished element of a vmapped batch.
-                jnp.where(c["done"], -1, max_newton_steps - c["newton_steps"]),
+                jnp.where(level < 0, -1, max_newton_steps - c["newton_steps"]),
                 cg_rtol,
                 cg_max_steps,
                 resolved,
@@ -879,8 +879,6 @@ def _sns_inner(
             return dict(
                 level=jnp.where(gave_up, _LEVELS, level - 1).astype(jnp.int32),
                 scaled=scaled | gave_up,
-                done=(level == 0) & ~gave_up,
-                levels=c["levels"] + (level > 0).astype(jnp.int32),
                 newton_steps=c["newton_steps"] + n_newton,
                 state=s,
             )
@@ -890,12 +888,12 @@ def _sns_inner(
         init = dict(
             level=zero,
             scaled=jnp.asarray(False),
-            done=jnp.asarray(False),
-            levels=zero,
             newton_steps=zero,
             state=_initial_state(f, g, width),
         )
-        c = lax.while_loop(lambda c: ~c["done"], attempt, init)
+        # Done at level -1: after the direct solve, or after level 0 of the
+        # scaling (which runs every level, so it solved _LEVELS of them).
+        c = lax.while_loop(lambda c: c["level"] >= 0, attempt, init)
         s = c["state"]
         f, g = (s.g, s.f) if transpose else (s.f, s.g)
         stats = {
@@ -913,7 +911,7 @@ def _sns_inner(
             "line_search_steps": s.line_search_steps,
             # Levels of Newton epsilon scaling solved before epsilon itself (0:
             # the direct solve went through).
-            "epsilon_levels": c["levels"],
+            "epsilon_levels": jnp.where(c["scaled"], _LEVELS, 0).astype(jnp.int32),
         }
         return f, g, s.err, s.stalled, stats
 
