@@ -231,3 +231,45 @@ def test_cg_counts_its_check_products():
     skew = A.at[0, 1].add(1.0)
     sol = jaxsolve.cg(linear_by_construction(lambda x: skew @ x), b, throw=False)
     assert bool(sol.result == RESULTS.not_symmetric), sol.message
+
+
+def test_cg_steps_takes_cgs_steps_without_its_checks():
+    """The lean CG of inner solves (``cg_steps``, SNS's Newton directions): the
+    same iterates as ``cg`` (preconditioned or not), the step cap, and an
+    honest code for a non-positive curvature; under ``jit`` and ``vmap``."""
+    from jaxsolve.solvers.linear._cg import cg_steps
+
+    rng = np.random.default_rng(6)
+    M = rng.normal(size=(40, 40))
+    A = jnp.asarray(M @ M.T + 0.5 * np.eye(40))
+    b = jnp.asarray(rng.normal(size=40))
+    diag = jnp.diagonal(A)
+    exact = np.linalg.solve(A, b)
+    for precond in (None, lambda v: v / diag):
+        x, steps, code = jax.jit(
+            lambda b, precond=precond: cg_steps(
+                lambda v: A @ v, b, rtol=1e-10, max_steps=400, preconditioner=precond
+            )
+        )(b)
+        ref = jaxsolve.cg(A, b, rtol=1e-10, preconditioner=precond)
+        assert bool(code == RESULTS.successful)
+        # The same loop: the step counts differ by rounding at most (cg's
+        # first step is fused apart from the others, and it may restart).
+        assert abs(int(steps) - int(ref.num_steps)) <= 2
+        np.testing.assert_allclose(x, exact, rtol=1e-7, atol=1e-9)
+        assert float(jnp.linalg.norm(A @ x - b)) <= 1e-9 * float(jnp.linalg.norm(b))
+    # The cap (a traced array too) is honoured, and its last iterate is finite.
+    x, steps, code = cg_steps(lambda v: A @ v, b, rtol=1e-12, max_steps=jnp.asarray(5))
+    assert int(steps) == 5 and bool(code == RESULTS.successful)
+    assert bool(jnp.all(jnp.isfinite(x)))
+    # Negative curvature: the step is not taken and the code says why.
+    x, steps, code = cg_steps(lambda v: -v, b, rtol=1e-10, max_steps=10)
+    assert bool(code == RESULTS.not_positive_definite)
+    assert int(steps) == 1 and bool(jnp.all(x == 0))
+    # Batched right-hand sides: each element as alone.
+    B = jnp.stack([b, 2 * b, jnp.zeros_like(b)])
+    xs, steps_b, _ = jax.vmap(
+        lambda r: cg_steps(lambda v: A @ v, r, rtol=1e-10, max_steps=400)
+    )(B)
+    np.testing.assert_allclose(xs[1], 2 * xs[0], rtol=1e-8, atol=1e-12)
+    assert int(steps_b[2]) == 0 and bool(jnp.all(xs[2] == 0))

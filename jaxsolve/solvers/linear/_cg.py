@@ -8,10 +8,15 @@ from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._krylov import krylov_solve, start_result, symmetry_probe, symmetry_result
 
-__all__ = ["cg"]
+__all__ = ["cg", "cg_steps"]
 
 
-def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
+def _cg_iteration(r, precond, tol):
+    """What a CG loop is made of, from the first residual ``r``: the first
+    state ``(x - x0 = 0, r, p = M r, r.z, ||r||^2, successful)`` (``||r||^2``
+    carried, so that the stopping test is a scalar comparison rather than a
+    pass over ``r``), ``keep_going(state)`` and ``advance(state, A p)``, one
+    step given the current direction's product."""
     apply_m = (lambda v: v) if precond is None else precond
     # Without a preconditioner r.z is r.r: one inner product a step, not two.
     z = apply_m(r)
@@ -42,6 +47,14 @@ def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
         )
         return x, r, p, rz_new, rr, RESULTS.where(bad, code, result)
 
+    init = (jnp.zeros_like(r), r, z, rz, rr, RESULTS.successful)
+    return init, keep_going, advance
+
+
+def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
+    init, keep_going, advance = _cg_iteration(r, precond, tol)
+    _, _, z, *_ = init
+
     def step(state):
         return advance(state, matvec(state[2]))
 
@@ -52,9 +65,7 @@ def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
     u = symmetry_probe(r.size, r.dtype)
     ap0 = matvec(z)
     result = symmetry_result(start_result(input_code, r), u, matvec(u), z, ap0)
-    # state: x, r, p, r.z, ||r||^2 (carried, so the stopping test is a scalar
-    # comparison rather than a pass over r), result
-    init = (x0, r, z, rz, rr, result)
+    init = (x0, *init[1:-1], result)
     take = keep_going(init) & (max_steps > 0)
     first = advance(init, ap0)
     state = tuple(
@@ -65,6 +76,36 @@ def _cg_loop(matvec, b, x0, r, precond, tol, max_steps, input_code):
     state, num_steps = iterate(step, keep_going, state, max_steps - taken)
     # Products: the loop's steps, A p0 (taken or not) and A u.
     return state[0], state[-1], num_steps + taken, {"matvecs": num_steps + 2}
+
+
+def cg_steps(matvec, b, *, rtol, max_steps, preconditioner=None):
+    r"""Plain (preconditioned) CG on ``A x = b`` from ``x0 = 0``, for a
+    solver's *inner* systems that are never differentiated and whose result
+    the caller checks itself (Sinkhorn-Newton-Sparse's Newton directions).
+
+    Stops when ``||r||_2 <= rtol ||b||_2`` for the recursively updated
+    residual ``r``, at a non-positive curvature ``p^T A p <= 0`` (the step is
+    not taken) or after ``max_steps`` steps (an array or an int).
+
+    Unlike :func:`cg` there are no checks of the inputs or of the operator's
+    symmetry, no restarts from the true residual and no
+    ``custom_linear_solve``: one traced CG step, a few dozen XLA kernels
+    fewer to compile. ``matvec`` and ``preconditioner`` are functions on
+    ``b``'s flat shape.
+
+    Returns ``(x, num_steps, result)``: the last iterate (finite as long as
+    the products were), the steps taken and the loop's code
+    (``successful``, ``not_positive_definite`` or ``nonfinite_value``; a
+    solve that ran out of steps keeps ``successful``).
+    """
+    tol = rtol * jnp.sqrt(jnp.vdot(b, b))
+    init, keep_going, advance = _cg_iteration(b, preconditioner, tol)
+
+    def step(state):
+        return advance(state, matvec(state[2]))
+
+    state, num_steps = iterate(step, keep_going, init, max_steps)
+    return state[0], num_steps, state[-1]
 
 
 def cg(

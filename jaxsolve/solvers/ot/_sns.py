@@ -13,8 +13,7 @@ from jaxtyping import Array
 from ..._checks import check_nonnegative, check_static_int
 from ..._iterate import iterate
 from ..._solution import RESULTS
-from ..linear import cg
-from ..linear._krylov import linear_by_construction
+from ..linear._cg import cg_steps
 from . import _kernel as kernel
 from ._dual import (
     INVALID_OT_INPUT,
@@ -311,20 +310,19 @@ def _newton_stage(
         else:
             rtol = cg_rtol
         precond = t_diag + kappa * vq * vq
-        sol = cg(
-            # Linear by construction: no A 0 = 0 check (a product less to
-            # run and to compile; a non-finite operator still ends the solve
-            # through its first product, and guarded() catches that).
-            linear_by_construction(schur),
+        # The lean CG of the Krylov core: this solve is never differentiated
+        # (the implicit layer differentiates the optimality conditions) and
+        # guarded() checks its result, so cg()'s input checks, symmetry probe,
+        # restarts and custom_linear_solve would only add kernels to compile.
+        q, cg_k, _ = cg_steps(
+            schur,
             h,
             rtol=rtol,
             max_steps=cg_max_steps,
             preconditioner=lambda v: v / precond,
-            throw=False,
         )
-        q = sol.value
         z = jnp.concatenate([(gp - a_mul(q)) / dp, q])
-        return guarded(z, grad, d1, d2), sol.num_steps
+        return guarded(z, grad, d1, d2), cg_k
 
     def dense_direction(s_: _NewtonState):
         r"""The exact Newton direction, by a dense Cholesky factorisation.
