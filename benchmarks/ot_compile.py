@@ -26,13 +26,31 @@ where the top-k pattern misses mass, large-matrix kernel), ``sns-cg-60x50``
 (``newton_solver="cg"``), ``sinkhorn-60x50``. ``--cases`` picks some.
 
 Run pinned to one core, e.g. ``taskset -c 1 python benchmarks/ot_compile.py``.
+
+``--compiler-option KEY=VALUE`` (repeatable) passes XLA options to
+``lowered.compile(compiler_options=...)``, e.g.
+``xla_backend_optimization_level=0``; ``--run-repeats N`` adds the compiled
+function's run time (ms, median of ``N`` calls after one warm-up call).
+
+``--compare DIR [DIR ...]`` compares source trees (e.g. ``git worktree``
+checkouts of two commits): one worker process per tree (``PYTHONPATH=DIR``,
+pinned to the same core as this process: run it under ``taskset``), fed the
+same compilations *interleaved* (each repeat of each case goes to every tree
+in turn, in alternating order), so that the machine's drift (measured here:
+the same build 20-30% slower ten minutes later on a shared VM) falls on every
+tree alike; prints the median XLA compile time per tree and the ratios to
+the first tree. Sequential runs of one build after another are not
+comparable at that noise level.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -63,16 +81,127 @@ def _functions(kind, options, eta, W):
     return {"forward": forward, "gradient": jax.grad(loss)}
 
 
-def _time_once(fn, C):
+def _time_once(fn, C, compiler_options=None):
     jax.clear_caches()
     t0 = time.process_time()
     traced = jax.jit(fn).trace(C)
     t1 = time.process_time()
     lowered = traced.lower()
     t2 = time.process_time()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options or None)
     t3 = time.process_time()
     return (t1 - t0, t2 - t1, t3 - t2), lowered, compiled
+
+
+def _run_ms(compiled, C, repeats):
+    jax.block_until_ready(compiled(C))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(C))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _fusions(compiled) -> int:
+    return sum(" fusion(" in line for line in compiled.as_text().splitlines())
+
+
+def _compiler_options(pairs):
+    """``KEY=VALUE`` strings as a dict (integers and booleans converted)."""
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+        else:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                options[key] = value
+    return options
+
+
+def _problems(args):
+    """``{case: (C, {what: function})}`` for the selected cases."""
+    rng = np.random.default_rng(0)
+    problems = {}
+    for name in args.cases:
+        n, m, kind, options = CASES[name]
+        C = jnp.asarray(rng.uniform(size=(n, m)))
+        W = jnp.asarray(rng.normal(size=(n, m)))
+        problems[name] = (C, _functions(kind, options, args.eta, W))
+    return problems
+
+
+def _worker(args):
+    """Answer ``case what`` lines on stdin with ``seconds kernels``: one fresh
+    XLA compilation each (tracing and lowering not counted)."""
+    problems = _problems(args)
+    options = _compiler_options(args.compiler_option)
+    jax.jit(lambda x: jnp.exp(x).sum()).lower(jnp.ones(3)).compile()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name, what = line.split()
+        C, fns = problems[name]
+        (_, _, seconds), _, compiled = _time_once(fns[what], C, options)
+        print(f"{seconds:.4f} {_fusions(compiled)}", flush=True)
+
+
+def _compare(args):
+    trees = [os.path.abspath(d) for d in args.compare]
+    passed = ["--eta", str(args.eta), "--cases", *args.cases]
+    for pair in args.compiler_option:
+        passed += ["--compiler-option", pair]
+    workers = []
+    for tree in trees:
+        env = dict(os.environ, PYTHONPATH=tree)
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker", *passed],
+                cwd=tree,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for worker in workers:
+        if worker.stdout.readline().strip() != "ready":
+            raise RuntimeError("a worker failed to start (see its error above)")
+    times, kernels = {}, {}
+    jobs = [(name, what) for name in args.cases for what in args.what]
+    for r in range(args.repeats):
+        order = list(range(len(trees)))
+        if r % 2:
+            order.reverse()
+        for name, what in jobs:
+            for i in order:
+                workers[i].stdin.write(f"{name} {what}\n")
+                workers[i].stdin.flush()
+                seconds, count = workers[i].stdout.readline().split()
+                times.setdefault((name, what, i), []).append(float(seconds))
+                kernels[(name, what, i)] = int(count)
+    for worker in workers:
+        worker.stdin.close()
+        worker.wait()
+    print(
+        f"jax {jax.__version__}, XLA compile CPU s, median of {args.repeats} "
+        "interleaved compilations (fused kernels in brackets)"
+    )
+    for i, tree in enumerate(trees):
+        print(f"  [{i}] {tree}")
+    head = f"{'case':16s} {'what':9s}"
+    head += "".join(f"{f'[{i}]':>16s}" for i in range(len(trees)))
+    print(head + "".join(f"  [{i}]/[0]" for i in range(1, len(trees))))
+    for name, what in jobs:
+        med = [statistics.median(times[(name, what, i)]) for i in range(len(trees))]
+        line = f"{name:16s} {what:9s}"
+        line += "".join(
+            f"{m:9.2f} ({kernels[(name, what, i)]:4d})" for i, m in enumerate(med)
+        )
+        line += "".join(f"  {m / med[0]:7.2f}" for m in med[1:])
+        print(line, flush=True)
 
 
 _OPS = {
@@ -99,37 +228,59 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eta", type=float, default=1200.0)
     parser.add_argument("--ops", action="store_true", help="count the lowered ops")
+    parser.add_argument(
+        "--compiler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an XLA compiler option, e.g. xla_backend_optimization_level=0",
+    )
+    parser.add_argument(
+        "--run-repeats",
+        type=int,
+        default=0,
+        help="also time the compiled function (median of N calls, ms)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        help="source trees to compare, interleaved (see the module docstring)",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return _worker(args)
+    if args.compare:
+        return _compare(args)
+    compiler_options = _compiler_options(args.compiler_option)
     print(
         f"jax {jax.__version__}, median of {args.repeats} fresh compilations "
         "(CPU seconds)"
     )
     header = f"{'case':16s} {'what':9s} {'trace':>7s} {'lower':>7s} {'compile':>8s}"
     header += f" {'total':>7s} {'fusions':>8s}"
+    if args.run_repeats:
+        header += f" {'run ms':>8s}"
     if args.ops:
         header += "   while  cond  sort  cc   calls    ops"
     print(header)
     # XLA's first compilation in a process sets up its compiler: not counted.
     jax.jit(lambda x: jnp.exp(x).sum()).lower(jnp.ones(3)).compile()
-    rng = np.random.default_rng(0)
-    for name in args.cases:
-        n, m, kind, options = CASES[name]
-        C = jnp.asarray(rng.uniform(size=(n, m)))
-        W = jnp.asarray(rng.normal(size=(n, m)))
-        fns = _functions(kind, options, args.eta, W)
+    for name, (C, fns) in _problems(args).items():
         for what in args.what:
             times, lowered, compiled = [], None, None
             for _ in range(args.repeats):
-                t, lowered, compiled = _time_once(fns[what], C)
+                t, lowered, compiled = _time_once(fns[what], C, compiler_options)
                 times.append(t)
-            fusions = sum(
-                " fusion(" in line for line in compiled.as_text().splitlines()
-            )
+            fusions = _fusions(compiled)
             tr, lo, co = (statistics.median(x) for x in zip(*times, strict=True))
             line = (
                 f"{name:16s} {what:9s} {tr:7.2f} {lo:7.2f} {co:8.2f} "
                 f"{tr + lo + co:7.2f} {fusions:8d}"
             )
+            if args.run_repeats:
+                line += f" {_run_ms(compiled, C, args.run_repeats):8.1f}"
             if args.ops:
                 c = count_ops(lowered.as_text())
                 line += (
