@@ -1154,6 +1154,8 @@ def _fresh_sns(C, **options):
     )(C)
 
 
+# Slow (7-8 s): a claim about passes saved; default SNS tests take this path.
+@pytest.mark.slow
 def test_sns_takes_full_steps_that_halve_the_error_without_line_search(monkeypatch):
     """A full Newton step that halves the marginal error is taken without the
     line search's pass (``_sns._QUICK_ACCEPT``): on a 2-D cloud at eta = 1200
@@ -1173,6 +1175,8 @@ def test_sns_takes_full_steps_that_halve_the_error_without_line_search(monkeypat
     np.testing.assert_allclose(quick.plan, searched.plan, rtol=0, atol=1e-12)
 
 
+# Slow (7-8 s): a claim about selections saved; default SNS tests take this path.
+@pytest.mark.slow
 def test_sns_keeps_a_sparsity_pattern_that_holds_the_plans_mass(monkeypatch):
     """The top-k pattern is reselected after a slow step only if the kept one
     misses more than ``_sns._STALE`` times the mass it missed when selected
@@ -1193,6 +1197,8 @@ def test_sns_keeps_a_sparsity_pattern_that_holds_the_plans_mass(monkeypatch):
     assert steps[0] == steps[1], steps
 
 
+# Slow (7-8 s): a claim about steps saved; default SNS tests take this path.
+@pytest.mark.slow
 def test_sns_anderson_acceleration_where_newton_is_linear(monkeypatch):
     """Too small a ``k`` leaves Newton at a linear rate; Anderson mixing of
     the last directions (``_sns.accelerate``) restores most of the speed: a
