@@ -652,6 +652,44 @@ for i in range(8):
     print(f"element {i}: {code}, marginal error {float(sols.residual[i]):.1e}")
 
 # %% [markdown]
+# ### Compile time
+#
+# A first call's time is mostly XLA compiling the solver: a few seconds on a CPU,
+# more than the solve itself at these sizes (the wall times above exclude it). Where
+# a solve is compiled once and run a few times, as in this notebook or a script,
+# XLA's backend optimisation level 0 compiles faster (30 to 45 % in
+# `benchmarks/ot_compile.py`; here, printed below) and runs slower (1.2x at this
+# size, up to 8x on small problems); in a training loop, which calls the same
+# compiled solve many times, keep the default.
+
+# %%
+C_compile = jnp.asarray(np.random.default_rng(5).uniform(size=(300, 280)))
+
+
+def sns_cost(C):
+    return sinkhorn_newton_sparse(C, epsilon=1 / 1200).cost
+
+
+def compile_then_run(**compiler_options):
+    """Seconds to compile a jitted SNS solve, and to run it once compiled."""
+    lowered = jax.jit(sns_cost).lower(C_compile)
+    start = time.perf_counter()
+    compiled = lowered.compile(compiler_options=compiler_options or None)
+    t_compile = time.perf_counter() - start
+    jax.block_until_ready(compiled(C_compile))
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(C_compile))
+    return t_compile, time.perf_counter() - start
+
+
+for label, options in (
+    ("default", {}),
+    ("level 0", {"xla_backend_optimization_level": 0}),
+):
+    t_compile, t_run = compile_then_run(**options)
+    print(f"{label:8s} compile {t_compile:5.2f} s, run {1e3 * t_run:6.1f} ms")
+
+# %% [markdown]
 # ## 6. Summary
 #
 # * On the paper's random-assignment case ($n = 500$, $\eta = 1200$) SNS reaches a
@@ -674,6 +712,9 @@ for i in range(8):
 #   jitted optax loop moves a point cloud onto a target by differentiating through SNS.
 # * Call the solvers under `jax.jit`: run eagerly (op by op), a solve goes through the
 #   Python dispatch of every loop and is much slower than its compiled version.
+# * A first call spends seconds compiling. For a solve compiled once and run a few
+#   times, `compiler_options={"xla_backend_optimization_level": 0}` trades run time
+#   for compile time (the two printed above); a training loop should keep the default.
 #
 # The wall times above are from the machine that executed this notebook (jitted,
 # compilation excluded); they are indicative only.
