@@ -966,8 +966,10 @@ def sinkhorn_newton_sparse(
        sparsified Hessian, in an ``(n, k)`` ELL layout: ``P x`` by a gather,
        ``P^T y`` by a segment sum), with the exact row and column sums on the
        diagonal so that it stays positive semi-definite; solve the Newton system
-       matrix-free by :func:`jaxsolve.cg` on its Schur complement (the smaller
-       of the two potentials; Jacobi-preconditioned, inexact); take a
+       matrix-free by conjugate gradients (the CG of :func:`jaxsolve.cg`,
+       without its checks: the solve is never differentiated) on its Schur
+       complement (the smaller of the two potentials; Jacobi-preconditioned,
+       inexact); take a
        backtracking (Armijo) line search on ``D``, whose first trial step moves
        no entry of ``log P`` by more than 100 (a trust region in the exponent
        scale), unless the full step halves the marginal error (then it is
