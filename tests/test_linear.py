@@ -231,12 +231,16 @@ def test_cg_counts_its_check_products():
     skew = A.at[0, 1].add(1.0)
     sol = jaxsolve.cg(linear_by_construction(lambda x: skew @ x), b, throw=False)
     assert bool(sol.result == RESULTS.not_symmetric), sol.message
+    # The probe rides on the first step's product: that step is refused, not
+    # counted, and its product is (A p0, A u and the true residual).
+    assert int(sol.num_steps) == 0 and int(sol.stats["matvecs"]) == 3
 
 
 def test_cg_steps_takes_cgs_steps_without_its_checks():
-    """The lean CG of inner solves (``cg_steps``, SNS's Newton directions): the
-    same iterates as ``cg`` (preconditioned or not), the step cap, and an
-    honest code for a non-positive curvature; under ``jit`` and ``vmap``."""
+    """The lean CG of inner solves (``cg_steps``, SNS's Newton directions):
+    ``cg``'s loop (its step counts to rounding, preconditioned or not) and its
+    solution, the step cap, and an honest code for a non-positive curvature;
+    under ``jit`` and ``vmap``."""
     from jaxsolve.solvers.linear._cg import cg_steps
 
     rng = np.random.default_rng(6)
