@@ -231,8 +231,8 @@ def test_cg_counts_its_check_products():
     skew = A.at[0, 1].add(1.0)
     sol = jaxsolve.cg(linear_by_construction(lambda x: skew @ x), b, throw=False)
     assert bool(sol.result == RESULTS.not_symmetric), sol.message
-    # The probe rides on the first step's product: that step is refused, not
-    # counted, and its product is (A p0, A u and the true residual).
+    # The probe rides on the first step's product: that step is refused and
+    # not counted; the products are A p0, A u and the true residual.
     assert int(sol.num_steps) == 0 and int(sol.stats["matvecs"]) == 3
 
 
