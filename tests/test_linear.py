@@ -262,7 +262,7 @@ def test_cg_steps_takes_cgs_steps_without_its_checks():
         assert abs(int(steps) - int(ref.num_steps)) <= 2
         np.testing.assert_allclose(x, exact, rtol=1e-7, atol=1e-9)
         assert float(jnp.linalg.norm(A @ x - b)) <= 1e-9 * float(jnp.linalg.norm(b))
-    # The cap (a traced array too) is honoured, and its last iterate is finite.
+    # The cap (an array too) is honoured, and its last iterate is finite.
     x, steps, code = cg_steps(lambda v: A @ v, b, rtol=1e-12, max_steps=jnp.asarray(5))
     assert int(steps) == 5 and bool(code == RESULTS.successful)
     assert bool(jnp.all(jnp.isfinite(x)))
