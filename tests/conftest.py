@@ -1,17 +1,29 @@
 import os
 
-# Most of the test suite's time is XLA compiling many small programs, and about
-# three quarters of a CPU compilation is the LLVM backend's optimisation passes,
-# which buy nothing at test sizes: at level 0 the default run takes about a fifth
-# less time (measured: test_matrix + test_implicit, 593 -> 496 s of CPU). Results
-# can differ in the last bits from the default level's (contractions into fused
-# multiply-adds, the order of vectorised sums): a subprocess whose output is
-# compared bit for bit with this process's must inherit XLA_FLAGS.
-# JAXSOLVE_TEST_XLA_OPT=1 keeps XLA's default level; the benchmarks never set it.
+# Most of the test suite's time is XLA compiling many small programs. Two XLA
+# CPU options cut it, and buy nothing at test sizes:
+# - backend optimisation level 0: about three quarters of a CPU compilation were
+#   the LLVM backend's optimisation passes (measured: test_matrix + test_implicit,
+#   593 -> 496 s of CPU);
+# - the older elemental IR emitters in place of XLA's MLIR fusion emitters
+#   (`--xla_cpu_use_fusion_emitters=false`): the MLIR pipeline costs about the
+#   same per kernel and wraps every unfused scalar operation (a solver's step
+#   counters, flags and norms) in a kernel of its own (a forward SNS at 60 x 50:
+#   192 kernels against 101). Measured on 2 cores, level 0 in both runs:
+#   test_matrix + test_ot 226 -> 118 s (216 tests). The emitted code runs more
+#   slowly (a Sinkhorn solve at 60 x 50: 63 -> 164 ms), which the tests' sizes
+#   do not feel.
+# Results can differ in the last bits from the default options' (contractions
+# into fused multiply-adds, the order of vectorised sums): a subprocess whose
+# output is compared bit for bit with this process's must inherit XLA_FLAGS.
+# JAXSOLVE_TEST_XLA_OPT=1 keeps XLA's defaults; the benchmarks never set these.
 if os.environ.get("JAXSOLVE_TEST_XLA_OPT") != "1":
     _flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_optimization_level" not in _flags:
-        os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
+        _flags = f"{_flags} --xla_backend_optimization_level=0"
+    if "xla_cpu_use_fusion_emitters" not in _flags:
+        _flags = f"{_flags} --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = _flags.strip()
 
 import jax  # noqa: E402  (XLA reads XLA_FLAGS when its backend starts)
 

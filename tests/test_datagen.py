@@ -43,9 +43,9 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Environment of the subprocess runs: one shared compilation cache, and
-    this process's XLA options (the test run's optimisation level, see
-    ``conftest.py``: the data are compared bit for bit, and XLA's optimisation
-    level changes the last bits) without any forced device count."""
+    this process's XLA options (the test run's optimisation level and
+    emitters, see ``conftest.py``: the data are compared bit for bit, and both
+    change the last bits) without any forced device count."""
     out = dict(os.environ)
     flags = os.environ.get("XLA_FLAGS", "").split()
     out["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
@@ -266,16 +266,25 @@ def test_sigkill_mid_shard_then_resume_equals_uninterrupted_run(
     _assert_same_data(datagen.load(str(folder)), datagen.load(reference[0]))
 
 
-def test_four_devices_give_the_one_device_data(tmp_path, reference, env):
+def test_four_devices_give_the_one_device_data(tmp_path, env):
     # Every device runs the same one-group program on its own (no collective)
     # and the groups do not depend on the device count: bit-identical data.
+    # With XLA's default (MLIR) fusion emitters, as users run it: under the
+    # older emitters that conftest.py selects for speed, the last bits of the
+    # one- and four-device runs differed (up to 1e-8 relative). Both runs are
+    # subprocesses with the same options.
+    flags = [f for f in env["XLA_FLAGS"].split() if "fusion_emitters" not in f]
+    one = {**env, "XLA_FLAGS": " ".join(flags)}
     four_devices = "--xla_force_host_platform_device_count=4"
-    four = {**env, "XLA_FLAGS": f"{env['XLA_FLAGS']} {four_devices}".strip()}
-    run = _cli(tmp_path / "four", four)
-    assert run.returncode == 0, run.stderr
+    four = {**env, "XLA_FLAGS": " ".join([*flags, four_devices])}
+    for name, run_env in (("one", one), ("four", four)):
+        run = _cli(tmp_path / name, run_env)
+        assert run.returncode == 0, run.stderr
     manifest = json.load(open(tmp_path / "four" / "manifest.json"))
     assert len(manifest["runs"][-1]["devices"]) == 4
-    _assert_same_data(datagen.load(str(tmp_path / "four")), datagen.load(reference[0]))
+    _assert_same_data(
+        datagen.load(str(tmp_path / "four")), datagen.load(str(tmp_path / "one"))
+    )
 
 
 def _free_port() -> int:
