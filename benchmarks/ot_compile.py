@@ -23,7 +23,9 @@ Cases (float64, ``C ~ U[0, 1]``, uniform marginals, ``eta = 1200``):
 ``sns-60x50`` (SNS defaults; at this size ``newton_solver="auto"`` takes dense
 Newton steps throughout), ``sns-300x280`` (defaults: CG steps and dense steps
 where the top-k pattern misses mass, large-matrix kernel), ``sns-cg-60x50``
-(``newton_solver="cg"``), ``sinkhorn-60x50``. ``--cases`` picks some.
+(``newton_solver="cg"``), ``sinkhorn-60x50``; ``--cases`` picks some, or
+``sns-1000x1000`` and ``sinkhorn-1000x1000`` (not run by default: with
+``--run-repeats``, the run-time side of an XLA option's trade).
 
 Run pinned to one core, e.g. ``taskset -c 1 python benchmarks/ot_compile.py``.
 
@@ -40,7 +42,11 @@ in turn, in alternating order), so that the machine's drift (measured here:
 the same build 20-30% slower ten minutes later on a shared VM) falls on every
 tree alike; prints the median XLA compile time per tree and the ratios to
 the first tree. Sequential runs of one build after another are not
-comparable at that noise level.
+comparable at that noise level. ``--option-sets SET [SET ...]`` does the same
+for sets of XLA options in one process (``default``, or
+``KEY=VALUE[,KEY=VALUE...]``), with the run time of each set's code
+(``--run-repeats``), e.g. ``--option-sets default
+xla_cpu_use_fusion_emitters=false``.
 """
 
 from __future__ import annotations
@@ -66,7 +72,11 @@ CASES = {
     "sns-300x280": (300, 280, "sns", {}),
     "sns-cg-60x50": (60, 50, "sns", {"newton_solver": "cg"}),
     "sinkhorn-60x50": (60, 50, "sinkhorn", {}),
+    # Not in the default set: for the run-time side of an XLA option's trade.
+    "sns-1000x1000": (1000, 1000, "sns", {}),
+    "sinkhorn-1000x1000": (1000, 1000, "sinkhorn", {}),
 }
+DEFAULT_CASES = ["sns-60x50", "sns-300x280", "sns-cg-60x50", "sinkhorn-60x50"]
 
 
 def _functions(kind, options, eta, W):
@@ -204,6 +214,51 @@ def _compare(args):
         print(line, flush=True)
 
 
+def _compare_options(args):
+    """Option sets compared in this process, interleaved like ``--compare``:
+    XLA compile CPU s (median) and, with ``--run-repeats``, the run time of
+    each set's last compilation (wall ms, median)."""
+    sets = [
+        _compiler_options([p for p in spec.split(",") if p and p != "default"])
+        for spec in args.option_sets
+    ]
+    problems = _problems(args)
+    jax.jit(lambda x: jnp.exp(x).sum()).lower(jnp.ones(3)).compile()
+    times, kernels, runs = {}, {}, {}
+    jobs = [(name, what) for name in args.cases for what in args.what]
+    for r in range(args.repeats):
+        order = list(range(len(sets)))
+        if r % 2:
+            order.reverse()
+        for name, what in jobs:
+            C, fns = problems[name]
+            for i in order:
+                (_, _, seconds), _, compiled = _time_once(fns[what], C, sets[i])
+                times.setdefault((name, what, i), []).append(seconds)
+                kernels[(name, what, i)] = _fusions(compiled)
+                if args.run_repeats and r == args.repeats - 1:
+                    runs[(name, what, i)] = _run_ms(compiled, C, args.run_repeats)
+    print(
+        f"jax {jax.__version__}, XLA compile CPU s, median of {args.repeats} "
+        "interleaved compilations (fused kernels in brackets)"
+        + (f"; run ms, median of {args.run_repeats}" if args.run_repeats else "")
+    )
+    for i, spec in enumerate(args.option_sets):
+        print(f"  [{i}] {spec or 'default'}")
+    for name, what in jobs:
+        med = [statistics.median(times[(name, what, i)]) for i in range(len(sets))]
+        line = f"{name:18s} {what:9s}"
+        for i, m in enumerate(med):
+            line += f"  [{i}] {m:5.2f} s ({kernels[(name, what, i)]:3d})"
+            if i:
+                line += f" {m / med[0]:4.2f}x"
+            if runs:
+                line += f" {runs[(name, what, i)]:7.1f} ms"
+                if i:
+                    line += f" {runs[(name, what, i)] / runs[(name, what, 0)]:4.2f}x"
+        print(line, flush=True)
+
+
 _OPS = {
     "while": r"stablehlo\.while",
     "cond": r"stablehlo\.(?:case|if)\b",
@@ -223,7 +278,9 @@ def count_ops(text: str) -> dict[str, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument(
+        "--cases", nargs="*", default=DEFAULT_CASES, choices=list(CASES)
+    )
     parser.add_argument("--what", nargs="*", default=["forward", "gradient"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eta", type=float, default=1200.0)
@@ -247,12 +304,21 @@ def main():
         metavar="DIR",
         help="source trees to compare, interleaved (see the module docstring)",
     )
+    parser.add_argument(
+        "--option-sets",
+        nargs="+",
+        metavar="SET",
+        help="XLA option sets to compare in this process, interleaved: each "
+        "KEY=VALUE[,KEY=VALUE...] or 'default'",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return _worker(args)
     if args.compare:
         return _compare(args)
+    if args.option_sets:
+        return _compare_options(args)
     compiler_options = _compiler_options(args.compiler_option)
     print(
         f"jax {jax.__version__}, median of {args.repeats} fresh compilations "

@@ -5,17 +5,18 @@ import os
 # - backend optimisation level 0: about three quarters of a CPU compilation were
 #   the LLVM backend's optimisation passes (measured: test_matrix + test_implicit,
 #   593 -> 496 s of CPU);
-# - the older elemental IR emitters in place of XLA's MLIR fusion emitters
-#   (`--xla_cpu_use_fusion_emitters=false`): the MLIR pipeline costs about the
-#   same per kernel and wraps every unfused scalar operation (a solver's step
-#   counters, flags and norms) in a kernel of its own (a forward SNS at 60 x 50:
-#   192 kernels against 101). Measured on 2 cores, level 0 in both runs:
-#   test_matrix + test_ot 226 -> 118 s (216 tests). The emitted code runs more
-#   slowly (a Sinkhorn solve at 60 x 50: 63 -> 164 ms), which the tests' sizes
-#   do not feel.
+# - XLA's older elemental IR emitters in place of its MLIR fusion emitters
+#   (`--xla_cpu_use_fusion_emitters=false`), which compile about twice as fast
+#   (a forward SNS at 60 x 50: 4.2 -> 1.9 s of CPU). Measured on 2 cores, level 0
+#   in both runs: test_matrix + test_ot 226 -> 118 s (216 tests). Their code runs
+#   more slowly (a Sinkhorn solve at 60 x 50: 63 -> 164 ms), which the tests'
+#   sizes do not feel.
 # Results can differ in the last bits from the default options' (contractions
 # into fused multiply-adds, the order of vectorised sums): a subprocess whose
 # output is compared bit for bit with this process's must inherit XLA_FLAGS.
+# Under the older emitters the last bits can also depend on the number of host
+# devices, so test_datagen's four-device run and its one-device reference both
+# drop the emitter option.
 # JAXSOLVE_TEST_XLA_OPT=1 keeps XLA's defaults; the benchmarks never set these.
 if os.environ.get("JAXSOLVE_TEST_XLA_OPT") != "1":
     _flags = os.environ.get("XLA_FLAGS", "")

@@ -642,11 +642,9 @@ def _nearly_block_diagonal_case(seed):
     return C, a, b, 1.4e-3 * float(np.median(C))
 
 
-# Slow (11 s for "dense" on 2 workers): the default run keeps the hard case's
-# convergence (seed 8, 5 levels, batched and alone) through
-# test_sns_newton_epsilon_scaling_shares_the_newton_budget_and_batches.
-@pytest.mark.slow
-@pytest.mark.parametrize("newton_solver", ["cg", "dense"])
+@pytest.mark.parametrize(
+    "newton_solver", [pytest.param("cg", marks=pytest.mark.slow), "dense"]
+)
 def test_sns_newton_epsilon_scaling_on_nearly_block_diagonal_plans(newton_solver):
     """The direct solve gives up after two Newton steps whose trust region cut
     the first trial below 1e-2, and Newton solves at epsilon 32, 16, ..., 2
@@ -800,8 +798,6 @@ def test_sns_dense_directions_converge_on_a_degenerate_l1_grid_cost():
     np.testing.assert_allclose(sol.plan, reference, atol=1e-8)
 
 
-# Slow (11 s): a claim about step counts; every default SNS call runs this warm-up.
-@pytest.mark.slow
 def test_epsilon_scaling_warm_up_saves_steps():
     """A warm-up that halves epsilon from 8 epsilon (the default) leaves Newton
     closer to the solution than one at epsilon throughout: fewer Newton steps
@@ -1154,8 +1150,6 @@ def _fresh_sns(C, **options):
     )(C)
 
 
-# Slow (7-8 s): a claim about passes saved; default SNS tests take this path.
-@pytest.mark.slow
 def test_sns_takes_full_steps_that_halve_the_error_without_line_search(monkeypatch):
     """A full Newton step that halves the marginal error is taken without the
     line search's pass (``_sns._QUICK_ACCEPT``): on a 2-D cloud at eta = 1200
@@ -1175,8 +1169,6 @@ def test_sns_takes_full_steps_that_halve_the_error_without_line_search(monkeypat
     np.testing.assert_allclose(quick.plan, searched.plan, rtol=0, atol=1e-12)
 
 
-# Slow (7-8 s): a claim about selections saved; default SNS tests take this path.
-@pytest.mark.slow
 def test_sns_keeps_a_sparsity_pattern_that_holds_the_plans_mass(monkeypatch):
     """The top-k pattern is reselected after a slow step only if the kept one
     misses more than ``_sns._STALE`` times the mass it missed when selected
@@ -1197,8 +1189,6 @@ def test_sns_keeps_a_sparsity_pattern_that_holds_the_plans_mass(monkeypatch):
     assert steps[0] == steps[1], steps
 
 
-# Slow (7-8 s): a claim about steps saved; default SNS tests take this path.
-@pytest.mark.slow
 def test_sns_anderson_acceleration_where_newton_is_linear(monkeypatch):
     """Too small a ``k`` leaves Newton at a linear rate; Anderson mixing of
     the last directions (``_sns.accelerate``) restores most of the speed: a

@@ -232,8 +232,6 @@ def _sns_cloud_by_warmup_dtype():
     return jax.jit(solve, static_argnums=5)
 
 
-# Slow (17 s): the float32 warm-up is the default only from 2048 x 2048 points on.
-@pytest.mark.slow
 def test_cloud_warm_up_in_float32():
     """``warmup_dtype=jnp.float32`` on a float64 cloud (the default from 2048 x
     2048 points on): Newton, in float64, reaches the tolerance and the plan of a
