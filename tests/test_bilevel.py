@@ -190,7 +190,7 @@ def test_lv_hba_infeasible_start():
         _TOY.upper, _TOY.lower, constraint=_TOY.constraint, equality=True
     )
     with pytest.raises(Exception, match="infeasible"):
-        jax.jit(bad.init)(_TOY.x0, _TOY.y0)
+        jax.block_until_ready(jax.jit(bad.init)(_TOY.x0, _TOY.y0))
     # ...unless allowed
     ok = bilevel.lv_hba(
         _TOY.upper,

@@ -29,3 +29,36 @@ def test_gpu_check_passes_on_cpu(gpu_check, capsys):
 @pytest.mark.slow
 def test_gpu_check_full_run(gpu_check, capsys):
     assert gpu_check.main([]) == 0, capsys.readouterr().out
+
+
+# The test run compiles with XLA options that users do not (conftest.py: backend
+# optimisation level 0, the older elemental emitters). These cases run the
+# script's checks in a subprocess with XLA's defaults, so that the code users
+# get is tested too: the most intricate solver of each family.
+_DEFAULT_OPTION_CASES = [
+    "sinkhorn_newton_sparse",
+    "gcrodr/dense",
+    "custom_root/logistic_newton",
+]
+
+
+@pytest.mark.parametrize("name", _DEFAULT_OPTION_CASES)
+def test_gpu_check_under_xla_default_options(name):
+    import os
+    import subprocess
+    import sys
+
+    test_options = ("xla_backend_optimization_level", "xla_cpu_use_fusion_emitters")
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    flags = [f for f in flags if not any(o in f for o in test_options)]
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "-k", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert "FAIL" not in run.stdout
+    assert run.stdout.count("PASS") == 2, run.stdout
