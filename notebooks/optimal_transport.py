@@ -656,11 +656,13 @@ for i in range(8):
 #
 # A first call's time is mostly XLA compiling the solver: a few seconds on a CPU,
 # more than the solve itself at these sizes (the wall times above exclude it). Where
-# a solve is compiled once and run a few times, as in this notebook or a script,
-# XLA's backend optimisation level 0 compiles faster (30 to 45 % in
-# `benchmarks/ot_compile.py`; here, printed below) and runs slower (1.2x at this
-# size, up to 8x on small problems); in a training loop, which calls the same
-# compiled solve many times, keep the default.
+# a solve is compiled once and run a few times, as in this notebook or a script, two
+# XLA CPU options passed to the outermost `jit` compile faster and run slower: XLA's
+# older elemental emitters in place of its MLIR fusion emitters
+# (`xla_cpu_use_fusion_emitters=False`) and backend optimisation level 0. Together
+# they compile SNS in 0.2 to 0.3 of the default's time in `benchmarks/ot_compile.py`
+# and run it 1.4 to 6.4 times slower (printed below for this size); in a training
+# loop, which calls the same compiled solve many times, keep the defaults.
 
 # %%
 C_compile = jnp.asarray(np.random.default_rng(5).uniform(size=(300, 280)))
@@ -682,12 +684,16 @@ def compile_then_run(**compiler_options):
     return t_compile, time.perf_counter() - start
 
 
+older_emitters = {"xla_cpu_use_fusion_emitters": False}
+level_0 = {"xla_backend_optimization_level": 0}
 for label, options in (
     ("default", {}),
-    ("level 0", {"xla_backend_optimization_level": 0}),
+    ("older emitters", older_emitters),
+    ("level 0", level_0),
+    ("both", {**older_emitters, **level_0}),
 ):
     t_compile, t_run = compile_then_run(**options)
-    print(f"{label:8s} compile {t_compile:5.2f} s, run {1e3 * t_run:6.1f} ms")
+    print(f"{label:14s} compile {t_compile:5.2f} s, run {1e3 * t_run:6.1f} ms")
 
 # %% [markdown]
 # ## 6. Summary
@@ -713,8 +719,9 @@ for label, options in (
 # * Call the solvers under `jax.jit`: run eagerly (op by op), a solve goes through the
 #   Python dispatch of every loop and is much slower than its compiled version.
 # * A first call spends seconds compiling. For a solve compiled once and run a few
-#   times, `compiler_options={"xla_backend_optimization_level": 0}` trades run time
-#   for compile time (the two printed above); a training loop should keep the default.
+#   times, `compiler_options={"xla_cpu_use_fusion_emitters": False,
+#   "xla_backend_optimization_level": 0}` trades run time for compile time (the
+#   rows printed above); a training loop should keep the defaults.
 #
 # The wall times above are from the machine that executed this notebook (jitted,
 # compilation excluded); they are indicative only.
