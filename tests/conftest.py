@@ -6,11 +6,11 @@ import os
 #   the LLVM backend's optimisation passes (measured: test_matrix + test_implicit,
 #   593 -> 496 s of CPU);
 # - XLA's older elemental IR emitters in place of its MLIR fusion emitters
-#   (`--xla_cpu_use_fusion_emitters=false`), which compile about twice as fast
-#   (a forward SNS at 60 x 50: 4.2 -> 1.9 s of CPU). Measured on 2 cores, level 0
-#   in both runs: test_matrix + test_ot 226 -> 118 s (216 tests). Their code runs
-#   more slowly (a Sinkhorn solve at 60 x 50: 63 -> 164 ms), which the tests'
-#   sizes do not feel.
+#   (`--xla_cpu_use_fusion_emitters=false`): with level 0, SNS compiles in 0.2-0.3
+#   of the default options' time (benchmarks/README.md, ot_compile.py). Measured
+#   on 2 cores, level 0 in both runs: test_matrix + test_ot 226 -> 118 s (216
+#   tests). Their code runs more slowly (a Sinkhorn solve at 60 x 50: 68 -> 186
+#   ms, 645 ms with level 0 too), which the tests' sizes do not feel.
 # Results can differ in the last bits from the default options' (contractions
 # into fused multiply-adds, the order of vectorised sums): a subprocess whose
 # output is compared bit for bit with this process's must inherit XLA_FLAGS.

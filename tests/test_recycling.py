@@ -634,8 +634,9 @@ def test_mixed_precision_reports_stagnation_beyond_float32s_reach():
     res = np.linalg.norm(np.asarray(b) - np.asarray(a) @ x)
     assert res <= np.linalg.norm(np.asarray(b)) * (1 + 1e-12)
     np.testing.assert_allclose(float(mixed.residual), res, rtol=1e-6)
-    # Blocked on: the error is raised when the result is, and an eager call
-    # returns before its (asynchronously dispatched) work has run.
+    # Blocked on: the error is raised with the result, and an eager call can
+    # return before its asynchronously dispatched work has run (one CI run
+    # saw no error here without the block).
     with pytest.raises(Exception, match="stopped decreasing"):
         jax.block_until_ready(
             gcrodr(a, b, work_dtype=jnp.float32, **{**opts, "throw": True})
