@@ -158,6 +158,14 @@ def _worker(args):
         print(f"{seconds:.4f} {_fusions(compiled)}", flush=True)
 
 
+def _rounds(repeats, count):
+    """``(r, order)`` for each repeat: the ``count`` contenders in turn, in
+    alternating order, so that drift during a round falls on all alike."""
+    for r in range(repeats):
+        order = list(range(count))
+        yield r, order[::-1] if r % 2 else order
+
+
 def _compare(args):
     trees = [os.path.abspath(d) for d in args.compare]
     passed = ["--eta", str(args.eta), "--cases", *args.cases]
@@ -181,10 +189,7 @@ def _compare(args):
             raise RuntimeError("a worker failed to start (see its error above)")
     times, kernels = {}, {}
     jobs = [(name, what) for name in args.cases for what in args.what]
-    for r in range(args.repeats):
-        order = list(range(len(trees)))
-        if r % 2:
-            order.reverse()
+    for _, order in _rounds(args.repeats, len(trees)):
         for name, what in jobs:
             for i in order:
                 workers[i].stdin.write(f"{name} {what}\n")
@@ -226,10 +231,7 @@ def _compare_options(args):
     jax.jit(lambda x: jnp.exp(x).sum()).lower(jnp.ones(3)).compile()
     times, kernels, runs = {}, {}, {}
     jobs = [(name, what) for name in args.cases for what in args.what]
-    for r in range(args.repeats):
-        order = list(range(len(sets)))
-        if r % 2:
-            order.reverse()
+    for r, order in _rounds(args.repeats, len(sets)):
         for name, what in jobs:
             C, fns = problems[name]
             for i in order:
