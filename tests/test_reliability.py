@@ -54,6 +54,35 @@ def test_throw_rides_on_every_output_of_ot():
     _raises(fn, jnp.ones((3, 3)), match="sinkhorn_newton_sparse: an input value")
 
 
+def test_guard_keeps_every_leaf_bit_for_bit_and_ties_the_check_to_each():
+    """``guard`` ties one scalar check to each leaf (by subtracting a zero that
+    comes out of the check): the leaves must come back unchanged to the bit
+    (``-0``, ``inf``, NaN, integers, booleans, complex) and each leaf alone,
+    under ``jit``, must keep the check alive."""
+    from jaxsolve._solution import guard
+
+    tree = {
+        "float": jnp.array([-0.0, 0.0, jnp.inf, -jnp.inf, jnp.nan, -1.5e-300]),
+        "int": jnp.array([3, -7, 2**31 - 1], jnp.int32),
+        "bool": jnp.array([True, False]),
+        "complex": jnp.array([-0.0 + 1j, jnp.nan - 0.0j]),
+        "float32": jnp.array([-0.0, 1e-45], jnp.float32),
+    }
+
+    def solve(t, bad):
+        result = RESULTS.where(bad, RESULTS.stagnation, RESULTS.successful)
+        return guard(t, result, "mysolver", throw=True)
+
+    out = jax.jit(solve)(tree, False)
+    for key, leaf in tree.items():
+        assert out[key].dtype == leaf.dtype, key
+        got, want = np.asarray(out[key]), np.asarray(leaf)
+        assert got.tobytes() == want.tobytes(), key
+    for key in tree:
+        fn = jax.jit(lambda t, bad, k=key: solve(t, bad)[k])
+        _raises(fn, tree, True, match="mysolver: the residual stopped")
+
+
 def test_throw_rides_on_the_envelope_gradient():
     C = _cost_matrix().at[0, 0].set(jnp.nan)
     grad = jax.jit(jax.grad(lambda C: jaxsolve.sinkhorn(C, epsilon=0.1).cost))
