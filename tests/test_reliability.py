@@ -289,7 +289,13 @@ def test_custom_root_refuses_a_non_finite_solution():
 def test_linear_solve_refuses_bad_ridges_and_operators():
     A, b = 3 * jnp.eye(3), jnp.ones(3)
     with pytest.raises(ValueError, match="`ridge` must be >= 0"):
-        jaxsolve.linear_solve(A, b, ridge=jnp.asarray(-1.0))
+        jaxsolve.linear_solve(A, b, ridge=-1.0)
+    # An array is data, checked at run time as under jit (an eager call is
+    # compiled as one program): the same message, or the code with throw=False.
+    eager = lambda r: jaxsolve.linear_solve(A, b, ridge=r)  # noqa: E731
+    _raises(eager, jnp.asarray(-1.0), match="`ridge` must be >= 0")
+    bad = jaxsolve.linear_solve(A, b, ridge=jnp.asarray(-1.0), throw=False)
+    assert bool(bad.result == RESULTS.invalid_input)
     traced = jax.jit(lambda r: jaxsolve.linear_solve(A, b, ridge=r, throw=False))
     assert bool(traced(-1.0).result == RESULTS.invalid_input)
     assert bool(traced(1.0).succeeded)

@@ -31,6 +31,7 @@ from jax import lax
 from jaxtyping import Array
 
 from ..._checks import as_float_array, check_static_int
+from ..._eager import compiled_when_eager
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._krylov import krylov_solve, start_result
@@ -259,6 +260,7 @@ def recycled_cg(
     return sol, ritz_basis(basis, aw, p_rec, ap_rec, recorded, k)
 
 
+@compiled_when_eager
 def deflated_cg(
     operator,
     b,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._checks import check_nonnegative
+from ..._eager import compiled_when_eager
 from ..._solution import RESULTS, Solution, error_if_failed, finalize
 from ._bicgstab import bicgstab
 from ._cg import cg
@@ -84,6 +85,7 @@ def _custom_method(method: Callable, operator, b, throw: bool) -> Solution:
     return checked_outside(solution, op.unflatten(last), throw, name)
 
 
+@compiled_when_eager
 def linear_solve(
     operator,
     b,
@@ -103,8 +105,10 @@ def linear_solve(
             systems), or a function ``solve(matvec, b) -> x``.
         ridge: a non-negative scalar shift ``ridge I`` added to ``A``, which
             regularises singular or nearly singular systems (as in Tikhonov
-            regularisation). A negative one is refused (``ValueError`` when
-            concrete; ``RESULTS.invalid_input`` or an error when traced).
+            regularisation). A negative one is refused: ``ValueError`` for a
+            Python number; for an array (an eager call is compiled, see
+            ``jaxsolve._eager``) or a traced value, ``RESULTS.invalid_input``
+            with ``throw=False`` or a runtime error.
         throw: raise a runtime error if the solve fails.
         **options: passed to the method (``rtol``, ``atol``, ``max_steps``,
             ``preconditioner``, ``restart``, ...). ``"dense"`` is exact and ignores

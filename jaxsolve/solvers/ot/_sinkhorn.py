@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._checks import check_static_int
+from ..._eager import compiled_when_eager
 from ..._iterate import iterate
 from ..._solution import RESULTS
 from . import _kernel as kernel
@@ -251,6 +252,7 @@ SINKHORN_MESSAGES = {
 }
 
 
+@compiled_when_eager
 def sinkhorn(
     C,
     a=None,
