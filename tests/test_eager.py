@@ -1,4 +1,4 @@
-"""Eager calls compile once (``jaxsolve._eager``).
+"""Eager calls compile once (``jaxsolve._compiled``).
 
 Called outside ``jit``, a solver's loops used to be compiled again on every call
 (new closures each time, so JAX's caches missed): 3 s a call for SNS at 60 x 50,
@@ -138,3 +138,17 @@ def test_a_function_argument_is_called_as_before():
     sol = jaxsolve.cg(lambda x: A @ x, b, rtol=1e-10)
     assert cache._cache_size() == before
     np.testing.assert_allclose(A @ sol.value, b, rtol=0, atol=1e-8)
+
+
+def test_an_array_epsilon_compiles_once_for_all_values():
+    """Python numbers are static (a new ``epsilon=0.2`` compiles again, as
+    ``jax.jit`` with a static argument would); an array ``epsilon`` is traced."""
+    C = _cost(0)[0]
+    solve = jaxsolve.sinkhorn_newton_sparse
+    jax.block_until_ready(solve(C, epsilon=jnp.asarray(0.1)))
+    with _count_compilations() as count:
+        sol = jax.block_until_ready(solve(C, epsilon=jnp.asarray(0.05)))
+    assert count[0] == 0 and bool(sol.succeeded)
+    np.testing.assert_allclose(
+        sol.cost, solve(C, epsilon=0.05).cost, rtol=1e-12, atol=0
+    )

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._krylov import krylov_solve, norm, start_result
@@ -104,7 +104,7 @@ def _nonzero(x):
     return jnp.where(x == 0, 1, x)
 
 
-@compiled_when_eager
+@compiled_once
 def bicgstab(
     operator,
     b,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._krylov import krylov_solve, start_result, symmetry_probe, symmetry_result
@@ -113,7 +113,7 @@ def cg_steps(matvec, b, *, rtol, max_steps, preconditioner=None):
     return state[0], num_steps, state[-1]
 
 
-@compiled_when_eager
+@compiled_once
 def cg(
     operator,
     b,

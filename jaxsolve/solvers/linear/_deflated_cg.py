@@ -31,7 +31,7 @@ from jax import lax
 from jaxtyping import Array
 
 from ..._checks import as_float_array, check_static_int
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._krylov import krylov_solve, start_result
@@ -260,7 +260,7 @@ def recycled_cg(
     return sol, ritz_basis(basis, aw, p_rec, ap_rec, recorded, k)
 
 
-@compiled_when_eager
+@compiled_once
 def deflated_cg(
     operator,
     b,

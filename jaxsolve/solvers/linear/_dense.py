@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._checks import all_finite
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._solution import RESULTS, Solution
 from ._krylov import checked_inside, checked_outside, norm, operator_checks
 from ._operator import check_transposable, flat_operator
@@ -29,7 +29,7 @@ _MESSAGES = {
 }
 
 
-@compiled_when_eager
+@compiled_once
 def dense_solve(operator, b, *, throw: bool = True) -> Solution:
     r"""Solve ``A x = b`` by LU factorisation with partial pivoting, ``O(n^3)``.
 

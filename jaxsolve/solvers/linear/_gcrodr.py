@@ -92,7 +92,7 @@ from jax import lax
 from jaxtyping import Array
 
 from ..._checks import all_finite, as_float_array, check_positive_int
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._arnoldi import ArnoldiCycle, arnoldi_cycle, least_squares_solution
@@ -564,7 +564,7 @@ def _make_loop(
     return loop
 
 
-@compiled_when_eager
+@compiled_once
 def gcrodr(
     operator,
     b,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..._checks import check_positive_int
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._iterate import iterate
 from ..._solution import RESULTS, Solution
 from ._arnoldi import arnoldi_cycle, least_squares_solution
@@ -58,7 +58,7 @@ def _make_gmres_loop(restart):
     return loop
 
 
-@compiled_when_eager
+@compiled_once
 def gmres(
     operator,
     b,

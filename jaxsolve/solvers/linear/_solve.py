@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._checks import check_nonnegative
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._solution import RESULTS, Solution, error_if_failed, finalize
 from ._bicgstab import bicgstab
 from ._cg import cg
@@ -85,7 +85,7 @@ def _custom_method(method: Callable, operator, b, throw: bool) -> Solution:
     return checked_outside(solution, op.unflatten(last), throw, name)
 
 
-@compiled_when_eager
+@compiled_once
 def linear_solve(
     operator,
     b,
@@ -107,7 +107,7 @@ def linear_solve(
             regularises singular or nearly singular systems (as in Tikhonov
             regularisation). A negative one is refused: ``ValueError`` for a
             Python number; for an array (an eager call is compiled, see
-            ``jaxsolve._eager``) or a traced value, ``RESULTS.invalid_input``
+            ``jaxsolve._compiled``) or a traced value, ``RESULTS.invalid_input``
             with ``throw=False`` or a runtime error.
         throw: raise a runtime error if the solve fails.
         **options: passed to the method (``rtol``, ``atol``, ``max_steps``,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..._checks import check_static_int
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._iterate import iterate
 from ..._solution import RESULTS
 from . import _kernel as kernel
@@ -252,7 +252,7 @@ SINKHORN_MESSAGES = {
 }
 
 
-@compiled_when_eager
+@compiled_once
 def sinkhorn(
     C,
     a=None,

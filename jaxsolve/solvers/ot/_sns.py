@@ -11,7 +11,7 @@ from jax import lax
 from jaxtyping import Array
 
 from ..._checks import check_nonnegative, check_static_int
-from ..._eager import compiled_when_eager
+from ..._compiled import compiled_once
 from ..._iterate import iterate
 from ..._solution import RESULTS
 from ..linear._cg import cg_steps
@@ -933,7 +933,7 @@ SNS_MESSAGES = {
 }
 
 
-@compiled_when_eager
+@compiled_once
 def sinkhorn_newton_sparse(
     C,
     a=None,

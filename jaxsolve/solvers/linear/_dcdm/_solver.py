@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ...._checks import check_positive_int, check_static_int
-from ...._eager import compiled_when_eager
+from ...._compiled import compiled_once
 from ...._iterate import iterate
 from ...._solution import RESULTS, Solution
 from .._krylov import krylov_solve, start_result
@@ -148,7 +148,7 @@ def _dcdm_loop(network, shape, residual_every, mask, orthogonalize):
     return loop
 
 
-@compiled_when_eager
+@compiled_once
 def dcdm(
     operator,
     b,
