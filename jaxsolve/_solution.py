@@ -129,8 +129,13 @@ def _is_inexact(x) -> bool:
 def _guard_derivatives(leaves, failed, code, messages):
     """The identity on ``leaves``; its derivative is the identity times a scalar
     that is NaN when ``failed`` (and that raises when ``messages`` is given)."""
-    del failed, code
-    return leaves
+    del code
+    # Each leaf passes through a select on ``failed`` (XLA folds it away): under
+    # ``vmap`` with a batched ``failed`` the leaves are then batched as their
+    # tangents are (those depend on ``failed``). A primal batched unlike its
+    # tangent breaks JAX's batching of the rule inside a differentiated ``jit``
+    # (``jvp(vmap(jit(solve)))``: a shape error).
+    return tuple(jnp.where(failed, leaf, leaf) for leaf in leaves)
 
 
 @_guard_derivatives.defjvp

@@ -195,6 +195,42 @@ def test_derivatives_of_a_jitted_ot_solve(solver):
     np.testing.assert_allclose(plan_tangent, _fd(plan, 0.1), rtol=1e-5, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "solver",
+    ["sinkhorn", pytest.param("sinkhorn_newton_sparse", marks=pytest.mark.slow)],
+)
+def test_derivatives_of_vmap_of_a_jitted_ot_solve(solver):
+    """``jvp``/``grad`` of ``vmap`` of the caller's own ``jit`` of a solve (a
+    per-example jitted loss, batched and differentiated) failed with a shape
+    error in JAX's batching: two custom_jvp rules gave tangents batched unlike
+    their primals (``guard``'s, whose NaN scale depends on the batched failure
+    flag, and the row potential's zero, whose tangent depends on the batched
+    cost). The derivatives must match the per-element ones and finite
+    differences."""
+    solve = getattr(jaxsolve, solver)
+    batch = jnp.stack([_cost_matrix(seed=s) for s in range(3)])
+    W = jnp.asarray(np.random.default_rng(7).normal(size=(6, 7)))
+    direction = jnp.asarray(np.random.default_rng(8).normal(size=batch.shape))
+
+    def per_example(C):
+        return jnp.sum(solve(C, epsilon=0.1, tol=1e-11, throw=False).plan * W)
+
+    jitted = jax.jit(per_example)
+
+    def loss(Cs):
+        return jnp.sum(jax.vmap(jitted)(Cs))
+
+    grad, tangent = jax.jit(
+        lambda Cs: (jax.grad(loss)(Cs), jax.jvp(loss, (Cs,), (direction,))[1])
+    )(batch)
+    expected = jnp.stack([jax.grad(jitted)(C) for C in batch])
+    np.testing.assert_allclose(grad, expected, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(tangent, jnp.vdot(expected, direction), rtol=1e-8)
+    h = 1e-6
+    fd = (loss(batch + h * direction) - loss(batch - h * direction)) / (2 * h)
+    np.testing.assert_allclose(tangent, fd, rtol=1e-5)
+
+
 def test_derivatives_with_a_zero_in_b():
     rng = np.random.default_rng(1)
     C = jnp.asarray(rng.random((5, 6)))

@@ -178,7 +178,24 @@ def _row_potential_tangent(g, C, a, b, epsilon):
     ``f_loop + (f(g) - stop_gradient(f(g)))`` has, but a solve that is not
     differentiated never forms ``f(g)`` (a log-sum-exp pass less to compile
     and run)."""
-    return jnp.zeros(a.shape, g.dtype)
+    return _zeros_batched_with((g, C, a, b, epsilon), a.shape, g.dtype)
+
+
+def _zeros_batched_with(inputs, shape, dtype):
+    """Zeros of ``shape``; under ``vmap`` batched whenever one of ``inputs`` is.
+
+    A custom_jvp's primal output must be batched as its tangent is, or JAX's
+    batching of the rule breaks inside a differentiated ``jit``
+    (``jvp(vmap(jit(solve)))``: a shape error); the tangent of
+    :func:`_row_potential_tangent` depends on every input. The dependency is a
+    select on a constant ``False`` (exactly zero whatever the inputs hold, NaN
+    and Inf included), which XLA folds away."""
+    anchor = sum(
+        jnp.ravel(x)[0].astype(dtype)
+        for x in jax.tree_util.tree_leaves(inputs)
+        if jnp.size(x) > 0
+    )
+    return jnp.where(False, anchor, jnp.zeros(shape, dtype))
 
 
 @_row_potential_tangent.defjvp
