@@ -18,7 +18,9 @@ processes inherit the pinning.
 
 Cases (float64): ``sns-60x50`` and ``sns-300x280`` (``C ~ U[0, 1]``,
 ``epsilon = 1/1200``), ``sinkhorn-60x50``, ``cg-100`` and ``gmres-100`` (a
-random SPD / non-symmetric 100 x 100 system).
+random SPD / non-symmetric 100 x 100 system), ``sns-grad-60x50`` (an eager
+``jax.grad`` of SNS's cost) and ``sns-vmap-60x50`` (an eager ``jax.vmap`` of it
+over two problems).
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import subprocess
 import sys
 import time
 
-CASES = ["sns-60x50", "sns-300x280", "sinkhorn-60x50", "cg-100", "gmres-100"]
+CASES = [
+    "sns-60x50",
+    "sns-300x280",
+    "sinkhorn-60x50",
+    "cg-100",
+    "gmres-100",
+    "sns-grad-60x50",
+    "sns-vmap-60x50",
+]
 
 
 def _case(name, seed):
@@ -42,6 +52,15 @@ def _case(name, seed):
     import jaxsolve
 
     rng = np.random.default_rng(seed)
+    if name in ("sns-grad-60x50", "sns-vmap-60x50"):
+        import jax
+
+        def cost(C):
+            return jaxsolve.sinkhorn_newton_sparse(C, epsilon=1 / 1200).cost
+
+        if name == "sns-grad-60x50":
+            return jax.grad(cost), (jnp.asarray(rng.uniform(size=(60, 50))),)
+        return jax.vmap(cost), (jnp.asarray(rng.uniform(size=(2, 60, 50))),)
     if name.startswith(("sns", "sinkhorn")):
         n, m = (int(s) for s in name.split("-")[1].split("x"))
         solver = (

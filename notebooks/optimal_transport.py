@@ -718,9 +718,9 @@ for label, options in (
 #   jitted optax loop moves a point cloud onto a target by differentiating through SNS.
 # * Called eagerly (outside `jax.jit`, as in most cells here), a solver compiles the
 #   call as one program, once per shapes and options: a second call with new values
-#   of the same shapes runs without compiling; pass `epsilon` as an array to reuse
-#   the compilation across values. Put an eager `jax.grad` or `jax.vmap` of a solve
-#   under `jax.jit`: it still compiles the solver's loops on every call.
+#   of the same shapes runs without compiling, as does an eager `jax.grad` or
+#   `jax.vmap` of a solve; pass `epsilon` as an array to reuse the compilation
+#   across values.
 # * A first call spends seconds compiling. For a solve compiled once and run a few
 #   times, `compiler_options={"xla_cpu_use_fusion_emitters": False,
 #   "xla_backend_optimization_level": 0}` trades run time for compile time (the

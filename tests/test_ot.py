@@ -34,6 +34,17 @@ from jaxsolve.solvers.ot import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_trace_of_a_patched_module(request):
+    """After a test that patched a module constant (``monkeypatch``, set up after
+    this fixture, is undone before this teardown), drop the traces: the solvers'
+    nested jit caches a trace by its arguments, and one taken with the patched
+    value would serve later tests."""
+    yield
+    if "monkeypatch" in request.fixturenames:
+        jax.clear_caches()
+
+
 def _sns(*args, **kwargs):
     # "cg": the paper's sparse steps (at this size "auto" would take dense ones;
     # those are tested below and in the failure-family tests).
@@ -924,8 +935,9 @@ def test_large_matrix_passes_equal_the_plain_ones(name, variant, monkeypatch):
     results = []
     for threshold in (2**16, 2**62):
         monkeypatch.setattr(kernel, "_BOTH_LAYOUTS_MIN", threshold)
-        # A fresh function each time: jit caches by function, not by the
-        # module attribute the trace reads.
+        # Traces are cached by function and arguments, not by the module
+        # attribute the trace reads (the solvers' own nested jit included).
+        jax.clear_caches()
         results.append(jax.jit(lambda *args: solve(*args))(C, a, b, eps))
     large, plain = results
     np.testing.assert_array_equal(large.result._value, plain.result._value)
@@ -1143,8 +1155,10 @@ def _cloud_cost(n, seed=2):
 
 
 def _fresh_sns(C, **options):
-    """SNS at eta = 1200, tol 1e-9, jitted afresh: jit caches by function, not
-    by the module attributes (``_sns._STALE``, ...) that a trace reads."""
+    """SNS at eta = 1200, tol 1e-9, traced afresh: traces are cached by function
+    and arguments (the solver's own nested jit included), not by the module
+    attributes (``_sns._STALE``, ...) that a trace reads."""
+    jax.clear_caches()
     return jax.jit(
         lambda C: sinkhorn_newton_sparse(C, epsilon=1 / 1200, tol=1e-9, **options)
     )(C)
