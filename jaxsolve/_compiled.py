@@ -4,13 +4,14 @@ Called outside ``jax.jit`` (a notebook cell, a script, an eager ``jax.grad`` or
 ``jax.vmap``), a solver's ``lax.while_loop``\\ s and ``lax.cond``\\ s were each
 compiled on their own (JAX's eager dispatch compiles a control-flow primitive
 with its body), and their bodies are new closures on every call, so that JAX's
-caches missed and *every* call compiled them again. Measured on one core, a
-second identical call took 3.2-3.9 s for ``sinkhorn_newton_sparse`` at 60 x 50
-(its eager gradient 4 s, a ``vmap`` over two problems 5 s), 0.8-0.9 s for
-``cg`` and 1.6-1.9 s for ``gmres`` at n = 100, where the compiled program runs in
-milliseconds. :func:`compiled_once` wraps the solver in ``equinox.filter_jit``
-instead: arrays and tracers are traced, every other argument is static, part of
-the cache key, so a call compiles once per configuration, about as long as
+caches missed and *every* call compiled them again. Measured on one core
+(``benchmarks/eager_calls.py``), a second call with new values took 3.1-3.9 s
+for ``sinkhorn_newton_sparse`` at 60 x 50 (its eager gradient 3.3-4.6 s, a
+``vmap`` over two problems 4.5-5.2 s), 0.76-0.89 s for ``cg`` and 1.6-1.9 s for
+``gmres`` at n = 100, where the compiled program runs in milliseconds.
+:func:`compiled_once` wraps the solver in ``equinox.filter_jit`` instead:
+arrays and tracers are traced, every other argument is static, part of the
+cache key, so a call compiles once per configuration, about as long as
 ``jax.jit`` of the solver takes, and the next ones with new values of the same
 shapes run at once. Under the caller's ``jit`` the wrapper is a nested ``jit``,
 which XLA inlines (the same kernels); its trace is cached by the arguments'

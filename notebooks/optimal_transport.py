@@ -716,7 +716,7 @@ for label, options in (
 # * Both solvers are differentiable through their optimality condition:
 #   $\partial\,\mathrm{OT}_\varepsilon / \partial C = P^\star$ holds to rounding, and a
 #   jitted optax loop moves a point cloud onto a target by differentiating through SNS.
-# * Called eagerly (outside `jax.jit`, as in most cells here), a solver compiles the
+# * Called eagerly (outside `jax.jit`, as some cells here do), a solver compiles the
 #   call as one program, once per shapes and options: a second call with new values
 #   of the same shapes runs without compiling, as does an eager `jax.grad` or
 #   `jax.vmap` of a solve; pass `epsilon` as an array to reuse the compilation

@@ -62,10 +62,6 @@ def _cloud(seed, n=9, m=7):
     )
 
 
-def _basis(seed, n=12):
-    return jnp.linalg.qr(jnp.asarray(np.random.default_rng(50).normal(size=(n, 2))))[0]
-
-
 def _grid(seed):
     from jaxsolve.problems.obstacles import (
         obstacle_layout,
