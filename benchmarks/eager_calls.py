@@ -84,7 +84,7 @@ def _worker(name, mode):
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    call, inputs = _case(name, 0)
+    call = _case(name, 0)[0]
     if mode == "jit":
         call = jax.jit(call)
     times = []
